@@ -1,0 +1,31 @@
+"""textseg: semi-supervised, text-guided medical image segmentation.
+
+The public entry points are imported lazily so that ``import textseg`` stays cheap:
+
+* :class:`textseg.TextSegDataModule` -- the shared LightningDataModule;
+* :class:`textseg.SupervisedModule` -- the labeled-only baseline;
+* :class:`textseg.SemiMedRefModule` -- Semi-MedRef (Li et al., 2026).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "TextSegDataModule": "textseg.datamodule",
+    "TextSegModule": "textseg.methods.base",
+    "SupervisedModule": "textseg.methods.supervised",
+    "SemiMedRefModule": "textseg.methods.semimedref",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public classes on first access."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'textseg' has no attribute {name!r}")

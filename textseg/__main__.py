@@ -1,0 +1,5 @@
+"""``python -m textseg`` runs the CLI."""
+
+from textseg.cli import main
+
+main()

@@ -1,0 +1,517 @@
+"""A synthetic, text-dependent stand-in for QaTa-COV19, written in the SGSeg layout.
+
+Every sample is a chest-X-ray-like greyscale image (dark background, bright body, two dark lung fields with
+curved rib bands, mediastinum, smooth and fine noise, random brightness/contrast) with
+
+* 1-3 **lesions**: soft bright opacities, one in each lung region named by the referring text, and
+* 1-2 **distractors**: opacities drawn the same way but in regions the text does *not* name, and absent from
+  the mask.
+
+Lesions and distractors are indistinguishable in the image, so only the text tells which opacity to segment --
+the property that makes text guidance matter (Li et al., IEEE TMI 2023; Ye et al., MICCAI 2024).
+
+Regions follow ``data.md`` §4.1/§9: six regions = image left/right half x upper/middle/lower third of the
+lung-field band (:func:`region_boxes`), order ``[L-up, L-mid, L-low, R-up, R-mid, R-low]``, left = image left.
+Texts are LViT-style ("Bilateral pulmonary infection, two infected areas, lower left lung and middle right
+lung."), where the count word is the number of affected sides as in most QaTa texts (§8).
+
+The tree is the SGSeg layout (``{train,valid,test}/{images,masks}/`` + ``annotation.json`` with the real
+schema), so :class:`~textseg.datasets.qata.QaTaCOV19` reads it. Output is byte-identical for a given seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from textseg.datasets.base import NUM_REGIONS, Position, require_root
+from textseg.datasets.qata import PositionSource, QaTaCOV19
+from textseg.errors import DataError
+
+__all__ = [
+    "META_FILE",
+    "SyntheticConfig",
+    "SyntheticQaTa",
+    "SyntheticSample",
+    "caption_for",
+    "generate_sample",
+    "load_synthetic",
+    "make_synthetic",
+    "region_boxes",
+]
+
+#: File at the root of a generated tree recording the generator arguments.
+META_FILE = "synthetic.json"
+#: Version of the generator (stored in :data:`META_FILE`; bump when the output changes).
+GENERATOR_VERSION = 1
+#: Image sizes must be multiples of this (the networks downsample by 32).
+SIZE_MULTIPLE = 32
+#: Split folder names of the SGSeg layout and their index in the per-sample seed.
+_SPLIT_FOLDERS: tuple[tuple[str, str], ...] = (("train", "train"), ("val", "valid"), ("test", "test"))
+_SIDE_WORDS = ("left", "right")
+_LEVEL_WORDS = ("upper", "middle", "lower")
+_COUNT_WORDS = ("one infected area", "two infected areas")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Appearance and geometry of the synthetic images (lengths are fractions of the image size).
+
+    Attributes:
+        lung_top: Top of the lung-field band (also the top of the region grid).
+        lung_bottom: Bottom of the lung-field band.
+        lung_center_x: Horizontal centre of the image-left lung (the right lung is mirrored).
+        lung_half_width: Horizontal semi-axis of a lung field.
+        lung_jitter: Uniform jitter of lung centre and width.
+        lung_shape_power: Super-ellipse exponent of the lung outline (2 = ellipse; larger = boxier).
+        edge_softness: Width of the soft body/lung edges.
+        body_center_y: Vertical centre of the body ellipse.
+        body_half_width: Horizontal semi-axis of the body ellipse.
+        body_half_height: Vertical semi-axis of the body ellipse.
+        background_level: Grey level outside the body.
+        body_level: Grey level of soft tissue.
+        lung_darkening: How much darker the lung fields are than the body.
+        mediastinum_level: Extra brightness of the central mediastinum band.
+        mediastinum_half_width: Half width of that band.
+        rib_count: Number of rib bands over the lung height.
+        rib_level: Brightness of the rib bands.
+        rib_curvature: Downward bend of the ribs towards the lateral side (rib periods per squared unit of
+            lateral distance).
+        smooth_noise_level: Amplitude of the low-frequency texture.
+        smooth_noise_cells: Resolution (cells per side) of that texture before upsampling.
+        fine_noise_level: Standard deviation of per-pixel noise.
+        gain_range: Range of the global contrast factor.
+        offset_range: Range of the global brightness offset.
+        lesion_probs: Probabilities of 1, 2 and 3 lesion regions.
+        distractor_probs: Probabilities of 1 and 2 distractors.
+        opacity_sigma: Range of the Gaussian width of an opacity component.
+        opacity_level: Range of the opacity brightness (grey levels at the peak).
+        opacity_aspect_y: Range of the vertical width factor of a component (irregular shapes).
+        opacity_aspect_x: Range of the horizontal width factor (opacities may spread along the lung width).
+        opacity_components: Range (inclusive) of Gaussian components per opacity (irregular outline).
+        opacity_spread: Offset of the extra components, in units of the component width.
+        mask_threshold: Part of the peak brightness above which an opacity pixel is lesion (mask = 1).
+    """
+
+    lung_top: float = 0.18
+    lung_bottom: float = 0.86
+    lung_center_x: float = 0.29
+    lung_half_width: float = 0.16
+    lung_jitter: float = 0.015
+    lung_shape_power: float = 2.6
+    edge_softness: float = 0.015
+    body_center_y: float = 0.62
+    body_half_width: float = 0.47
+    body_half_height: float = 0.62
+    background_level: float = 18.0
+    body_level: float = 170.0
+    lung_darkening: float = 100.0
+    mediastinum_level: float = 25.0
+    mediastinum_half_width: float = 0.06
+    rib_count: float = 8.0
+    rib_level: float = 22.0
+    rib_curvature: float = 30.0
+    smooth_noise_level: float = 10.0
+    smooth_noise_cells: int = 8
+    fine_noise_level: float = 4.0
+    gain_range: tuple[float, float] = (0.8, 1.15)
+    offset_range: tuple[float, float] = (-20.0, 20.0)
+    lesion_probs: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    distractor_probs: tuple[float, float] = (0.5, 0.5)
+    opacity_sigma: tuple[float, float] = (0.03, 0.05)
+    opacity_level: tuple[float, float] = (55.0, 80.0)
+    opacity_aspect_y: tuple[float, float] = (0.7, 1.1)
+    opacity_aspect_x: tuple[float, float] = (0.8, 1.8)
+    opacity_components: tuple[int, int] = (1, 3)
+    opacity_spread: float = 0.7
+    mask_threshold: float = 0.5
+
+
+@dataclass
+class SyntheticSample:
+    """One generated sample.
+
+    Attributes:
+        image: ``uint8 [H, W]`` greyscale image.
+        mask: ``uint8 [H, W]`` lesion mask in ``{0, 1}``.
+        distractor_mask: ``uint8 [H, W]`` in ``{0, 1}``: the distractor opacities (not part of ``mask``).
+        position: Regions with a lesion, ``[L-up, L-mid, L-low, R-up, R-mid, R-low]``.
+        distractor_regions: Regions with a distractor (disjoint from ``position``).
+        caption: LViT-style referring text naming exactly the regions in ``position``.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    distractor_mask: np.ndarray
+    position: Position
+    distractor_regions: tuple[int, ...]
+    caption: str = field(default="")
+
+
+def region_boxes(image_size: int, config: SyntheticConfig | None = None) -> list[tuple[int, int, int, int]]:
+    """Pixel boxes of the six regions: image left/right half x thirds of the lung-field band.
+
+    Args:
+        image_size: Side of the (square) image.
+        config: Geometry (default :class:`SyntheticConfig`).
+
+    Returns:
+        Six ``(row0, row1, col0, col1)`` half-open boxes in region order (``L-up`` ... ``R-low``).
+    """
+    cfg = config or SyntheticConfig()
+    edges = np.linspace(cfg.lung_top, cfg.lung_bottom, 4) * image_size
+    rows = [round(float(v)) for v in edges]
+    half = image_size // 2
+    boxes = []
+    for c0, c1 in ((0, half), (half, image_size)):
+        for level in range(3):
+            boxes.append((rows[level], rows[level + 1], c0, c1))
+    return boxes
+
+
+def caption_for(position: Sequence[int]) -> str:
+    """LViT-style referring text for a positional label.
+
+    Args:
+        position: Six 0/1 values ``[L-up, L-mid, L-low, R-up, R-mid, R-low]`` with at least one 1.
+
+    Returns:
+        E.g. ``"Bilateral pulmonary infection, two infected areas, lower left lung and middle right lung."``;
+        a side with all three levels is written ``"all left lung"``.
+
+    Raises:
+        DataError: For an empty or malformed label.
+    """
+    if len(position) != NUM_REGIONS or not any(position) or any(v not in (0, 1) for v in position):
+        raise DataError(f"cannot caption positional label {list(position)!r}")
+    parts = []
+    for side in range(2):
+        levels = [_LEVEL_WORDS[i] for i in range(3) if position[3 * side + i]]
+        if not levels:
+            continue
+        words = "all" if len(levels) == 3 else " ".join(levels)
+        parts.append(f"{words} {_SIDE_WORDS[side]} lung")
+    lateral = "Bilateral" if len(parts) == 2 else "Unilateral"
+    return f"{lateral} pulmonary infection, {_COUNT_WORDS[len(parts) - 1]}, {' and '.join(parts)}."
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function written with tanh (no overflow for large arguments)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise: a ``cells x cells`` Gaussian grid upsampled bilinearly to ``size``."""
+    grid = rng.standard_normal((cells, cells)).astype(np.float32)
+    up = Image.fromarray(grid, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(up, dtype=np.float32)
+
+
+def _opacity(
+    rng: np.random.Generator,
+    box: tuple[int, int, int, int],
+    lung: np.ndarray,
+    size: int,
+    cfg: SyntheticConfig,
+) -> np.ndarray:
+    """Brightness profile (peak 1) of one opacity: zero outside ``box``, centred in the lung where possible.
+
+    Along each axis the centre keeps a distance of ``(opacity_spread + sqrt(-2 ln mask_threshold) * max
+    aspect) * sigma`` from the box border where the box is large enough, so the part above ``mask_threshold``
+    (the mask) lies inside the box; the profile is zero outside the box in any case.
+    """
+    sigma = rng.uniform(*cfg.opacity_sigma) * size
+    reach = float(np.sqrt(-2.0 * np.log(cfg.mask_threshold)))
+    margin_y = (cfg.opacity_spread + reach * cfg.opacity_aspect_y[1]) * sigma + 1.0
+    margin_x = (cfg.opacity_spread + reach * cfg.opacity_aspect_x[1]) * sigma + 1.0
+    r0, r1, c0, c1 = box
+    # Restrict the horizontal range to the lung's extent inside the box.
+    cols = np.nonzero(lung[(r0 + r1) // 2, c0:c1] > 0.5)[0]
+    lo_c, hi_c = (c0 + cols[0], c0 + cols[-1]) if cols.size else (c0, c1 - 1)
+    lo_y, hi_y = r0 + margin_y, r1 - 1 - margin_y
+    lo_x, hi_x = max(lo_c, c0 + margin_x), min(hi_c, c1 - 1 - margin_x)
+    cy = rng.uniform(lo_y, hi_y) if hi_y > lo_y else (r0 + r1 - 1) / 2
+    cx = rng.uniform(lo_x, hi_x) if hi_x > lo_x else (lo_c + hi_c) / 2
+    n_comp = int(rng.integers(cfg.opacity_components[0], cfg.opacity_components[1] + 1))
+    yy = np.arange(r0, r1, dtype=np.float32)[:, None]
+    xx = np.arange(c0, c1, dtype=np.float32)[None, :]
+    local = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
+    for k in range(n_comp):
+        if k == 0:
+            dy = dx = 0.0
+        else:
+            angle = rng.uniform(0, 2 * np.pi)
+            dy, dx = cfg.opacity_spread * sigma * np.sin(angle), cfg.opacity_spread * sigma * np.cos(angle)
+        sy, sx = sigma * rng.uniform(*cfg.opacity_aspect_y), sigma * rng.uniform(*cfg.opacity_aspect_x)
+        comp = np.exp(-(((yy - cy - dy) / sy) ** 2 + ((xx - cx - dx) / sx) ** 2) / 2)
+        np.maximum(local, comp, out=local)
+    profile = np.zeros(lung.shape, dtype=np.float32)
+    profile[r0:r1, c0:c1] = local
+    return profile
+
+
+def generate_sample(
+    seed: int, split: str, index: int, image_size: int, config: SyntheticConfig | None = None
+) -> SyntheticSample:
+    """Generate one sample deterministically from ``(seed, split, index)``.
+
+    Args:
+        seed: Dataset seed.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        index: Index of the sample in its split.
+        image_size: Side of the square image (a multiple of 32).
+        config: Appearance and geometry (default :class:`SyntheticConfig`).
+
+    Returns:
+        The sample.
+
+    Raises:
+        DataError: For an unknown split.
+    """
+    cfg = config or SyntheticConfig()
+    split_ids = {name: i for i, (name, _) in enumerate(_SPLIT_FOLDERS)}
+    if split not in split_ids:
+        raise DataError(f"unknown split {split!r}; expected train, val or test")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, split_ids[split], index]))
+    size = image_size
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size
+    yn, xn = coords[:, None], coords[None, :]  # broadcast to [size, size]
+    full = (size, size)
+    soft = cfg.edge_softness
+
+    # Body: a wide ellipse, soft-edged.
+    body_r = ((xn - 0.5) / cfg.body_half_width) ** 2 + ((yn - cfg.body_center_y) / cfg.body_half_height) ** 2
+    body = _sigmoid((1.0 - np.sqrt(body_r)) / (soft * 2))
+    # Lung fields: two super-ellipses spanning the lung band vertically.
+    cy = (cfg.lung_top + cfg.lung_bottom) / 2
+    ay = (cfg.lung_bottom - cfg.lung_top) / 2
+    lung = np.zeros(full, dtype=np.float32)
+    rib_phase = rng.uniform(0, 1)
+    ribs = np.zeros(full, dtype=np.float32)
+    for side in (0, 1):
+        cx = cfg.lung_center_x + rng.uniform(-cfg.lung_jitter, cfg.lung_jitter)
+        cx = cx if side == 0 else 1.0 - cx
+        ax = cfg.lung_half_width + rng.uniform(-cfg.lung_jitter, cfg.lung_jitter)
+        dist = np.abs((xn - cx) / ax) ** cfg.lung_shape_power + np.abs((yn - cy) / ay) ** cfg.lung_shape_power
+        on_side = (xn < 0.5) if side == 0 else (xn >= 0.5)  # each lung stays in its image half
+        field_ = _sigmoid((1.0 - dist ** (1 / cfg.lung_shape_power)) / soft) * on_side
+        lung = np.maximum(lung, field_)
+        lateral = (xn - cx) * (1 if side == 1 else -1)  # > 0 towards the image border
+        phase = (yn - cfg.lung_top) / (2 * ay) * cfg.rib_count + cfg.rib_curvature * lateral**2 + rib_phase
+        ribs += field_ * (0.5 + 0.5 * np.cos(2 * np.pi * phase)) ** 6
+    mediastinum = np.exp(-(((xn - 0.5) / cfg.mediastinum_half_width) ** 2))
+
+    image = cfg.background_level + (cfg.body_level - cfg.background_level) * body
+    image = image - cfg.lung_darkening * lung + cfg.mediastinum_level * mediastinum * body + cfg.rib_level * ribs
+    image += cfg.smooth_noise_level * _smooth_noise(rng, size, cfg.smooth_noise_cells) * body
+
+    # Lesions in the named regions, distractors in other regions.
+    boxes = region_boxes(size, cfg)
+    n_lesions = int(rng.choice(np.arange(1, 4), p=np.asarray(cfg.lesion_probs)))
+    regions = rng.permutation(NUM_REGIONS)
+    lesion_regions = sorted(int(r) for r in regions[:n_lesions])
+    n_distractors = int(rng.choice(np.arange(1, 3), p=np.asarray(cfg.distractor_probs)))
+    distractor_regions = sorted(int(r) for r in regions[n_lesions : n_lesions + n_distractors])
+    lesion_field = np.zeros(full, dtype=np.float32)
+    distractor_field = np.zeros(full, dtype=np.float32)
+    for region in lesion_regions + distractor_regions:
+        profile = _opacity(rng, boxes[region], lung, size, cfg)
+        level = rng.uniform(*cfg.opacity_level)
+        image += level * profile
+        target = lesion_field if region in lesion_regions else distractor_field
+        np.maximum(target, profile, out=target)
+
+    image += cfg.fine_noise_level * rng.standard_normal(image.shape, dtype=np.float32)
+    gain, offset = rng.uniform(*cfg.gain_range), rng.uniform(*cfg.offset_range)
+    image = np.clip(np.round(image * gain + offset), 0, 255).astype(np.uint8)
+    mask = (lesion_field >= cfg.mask_threshold).astype(np.uint8)
+    distractor_mask = (distractor_field >= cfg.mask_threshold).astype(np.uint8) * (1 - mask)
+    position = tuple(int(r in lesion_regions) for r in range(NUM_REGIONS))
+    return SyntheticSample(
+        image=image,
+        mask=mask,
+        distractor_mask=distractor_mask.astype(np.uint8),
+        position=position,  # type: ignore[arg-type]
+        distractor_regions=tuple(distractor_regions),
+        caption=caption_for(position),
+    )
+
+
+def _check_args(n_train: int, n_val: int, n_test: int, image_size: int) -> None:
+    """Validate the generator arguments."""
+    for name, value, minimum in (("n_train", n_train, 1), ("n_val", n_val, 0), ("n_test", n_test, 0)):
+        if not isinstance(value, int) or value < minimum:
+            raise DataError(f"{name}={value!r} must be an integer >= {minimum}")
+    if not isinstance(image_size, int) or image_size < SIZE_MULTIPLE or image_size % SIZE_MULTIPLE:
+        raise DataError(f"image_size={image_size!r} must be a positive multiple of {SIZE_MULTIPLE}")
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    """Write a ``uint8`` greyscale PNG (no metadata, so bytes depend only on the pixels)."""
+    Image.fromarray(array, mode="L").save(path, format="PNG", optimize=False, compress_level=6)
+
+
+def make_synthetic(
+    root: str | Path,
+    n_train: int = 400,
+    n_val: int = 100,
+    n_test: int = 100,
+    image_size: int = 128,
+    seed: int = 0,
+    config: SyntheticConfig | None = None,
+) -> Path:
+    """Write a synthetic QaTa-like dataset in the SGSeg layout.
+
+    The tree is built in a temporary sibling folder and renamed into place, so an interrupted run leaves no
+    half-written dataset and concurrent callers (e.g. DDP ranks) end up with one complete tree.
+
+    Args:
+        root: Folder to create (must not exist, or be empty).
+        n_train: Training samples.
+        n_val: Validation samples (``valid/``).
+        n_test: Test samples.
+        image_size: Image side, a multiple of 32.
+        seed: Seed; the same arguments give byte-identical files.
+        config: Appearance and geometry (default :class:`SyntheticConfig`).
+
+    Returns:
+        ``root``.
+
+    Raises:
+        DataError: For bad arguments or if ``root`` exists and is not empty.
+    """
+    _check_args(n_train, n_val, n_test, image_size)
+    cfg = config or SyntheticConfig()
+    root = Path(root).expanduser()
+    meta = _meta(n_train, n_val, n_test, image_size, seed, cfg)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(f"synthetic dataset root {root} already exists and is not empty")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        annotation: dict[str, list[dict[str, Any]]] = {}
+        counts = {"train": n_train, "val": n_val, "test": n_test}
+        start = 0
+        for split, folder in _SPLIT_FOLDERS:
+            images, masks = tmp / folder / "images", tmp / folder / "masks"
+            images.mkdir(parents=True)
+            masks.mkdir(parents=True)
+            entries = []
+            for i in range(counts[split]):
+                sample = generate_sample(seed, split, i, image_size, cfg)
+                name = f"synth_{start + i:05d}.png"
+                _write_png(images / name, sample.image)
+                _write_png(masks / f"mask_{name}", sample.mask * np.uint8(255))
+                entries.append(
+                    {
+                        "image_path": f"mask_{name}",
+                        "caption": sample.caption,
+                        "pulmonary_infection": int(any(sample.position[:3])) + int(any(sample.position[3:])),
+                        "infected_area": int(sum(sample.position)),
+                        "pseudo_label": list(sample.position),
+                    }
+                )
+            annotation[folder] = entries
+            start += counts[split]
+        (tmp / "annotation.json").write_text(json.dumps(annotation, indent=2) + "\n", encoding="utf-8")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            # Another process created the tree first; accept it if it was made with the same arguments.
+            if _read_meta(root) != meta:
+                raise DataError(
+                    f"synthetic dataset root {root} was created concurrently with other arguments"
+                ) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _meta(n_train: int, n_val: int, n_test: int, image_size: int, seed: int, cfg: SyntheticConfig) -> dict[str, Any]:
+    """The generator arguments stored in :data:`META_FILE` (JSON-compatible)."""
+    return json.loads(
+        json.dumps(
+            {
+                "generator": "textseg.datasets.synthetic",
+                "version": GENERATOR_VERSION,
+                "n_train": n_train,
+                "n_val": n_val,
+                "n_test": n_test,
+                "image_size": image_size,
+                "seed": seed,
+                "config": asdict(cfg),
+            }
+        )
+    )
+
+
+def _read_meta(root: Path) -> dict[str, Any] | None:
+    """Generator arguments of an existing tree, or None if it has no readable :data:`META_FILE`."""
+    try:
+        data = json.loads((root / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class SyntheticQaTa(QaTaCOV19):
+    """A generated tree read by the QaTa-COV19 reader; ``name`` is ``"synthetic"``."""
+
+    name = "synthetic"
+
+
+def load_synthetic(
+    root: str | Path,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    n_test: int | None = None,
+    image_size: int | None = None,
+    seed: int | None = None,
+    positions: PositionSource = "auto",
+) -> SyntheticQaTa:
+    """Read a synthetic dataset, generating it first if ``root`` does not exist (or is empty).
+
+    Args:
+        root: Dataset root.
+        n_train: Training samples (default 400 when generating).
+        n_val: Validation samples (default 100).
+        n_test: Test samples (default 100).
+        image_size: Image side (default 128).
+        seed: Generator seed (default 0).
+        positions: Passed to :class:`~textseg.datasets.qata.QaTaCOV19`.
+
+    Returns:
+        The dataset.
+
+    Raises:
+        DataError: If an existing tree was generated with arguments that contradict the ones given.
+    """
+    path = Path(root).expanduser()
+    given = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": image_size, "seed": seed}
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        defaults = {"n_train": 400, "n_val": 100, "n_test": 100, "image_size": 128, "seed": 0}
+        args = {k: (v if v is not None else defaults[k]) for k, v in given.items()}
+        try:
+            make_synthetic(path, args["n_train"], args["n_val"], args["n_test"], args["image_size"], args["seed"])
+        except DataError:
+            if _read_meta(path) is None:  # not a tree another process has just generated
+                raise
+    require_root(path, "synthetic")
+    meta = _read_meta(path)
+    if meta is not None:
+        wrong = {k: (v, meta.get(k)) for k, v in given.items() if v is not None and meta.get(k) != v}
+        if wrong:
+            listed = ", ".join(f"{k}={v[0]!r} (on disk: {v[1]!r})" for k, v in wrong.items())
+            raise DataError(f"synthetic dataset at {path} was generated with other arguments: {listed}")
+    return SyntheticQaTa(path, positions=positions)

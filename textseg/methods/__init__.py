@@ -1,0 +1,7 @@
+"""Training methods: one LightningModule per method over a small base."""
+
+from textseg.methods.base import TextSegModule
+from textseg.methods.semimedref import SemiMedRefModule
+from textseg.methods.supervised import SupervisedModule
+
+__all__ = ["SemiMedRefModule", "SupervisedModule", "TextSegModule"]

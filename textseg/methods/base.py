@@ -1,0 +1,157 @@
+"""The thin base LightningModule shared by every method: networks, losses, metrics, evaluation, optimiser.
+
+Subclasses implement ``training_step`` (and own their teacher). Evaluation, the AdamW + cosine recipe
+(``methods.md`` §7) and ``test_metrics.json`` live here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from textseg.losses import build_seg_loss
+from textseg.metrics import binarize_logits, segmentation_metrics
+from textseg.models import build_core
+from textseg.models.encoders import TextEncoder
+from textseg.models.types import SegOutput
+
+
+class TextSegModule(LightningModule):
+    """Base of all textseg methods.
+
+    Args:
+        backbone: ``"guidedecoder"`` or ``"mmiunet"``.
+        vision_encoder: ConvNeXt spec (``"tiny"``, ``"convnext-tiny"``, hub id or local directory).
+        text_encoder: Text encoder spec (``"tiny"``, ``"minilm"``, hub id or local directory of a BERT-family model).
+        vision_checkpoint: Optional original FB ConvNeXt ``.pth`` (MMI-UNet's ImageNet-22k weights).
+        max_length: Tokenizer length (24 in every reference).
+        use_padding_mask: Key-padding masks in text attention (``False`` reproduces the public code).
+        text_cache_size: Entries of the frozen text encoder's feature cache (0 disables it).
+        guide_alpha: GuideDecoder's initial alpha (0.01, Semi-MedRef's copy).
+        use_eca: ECA on MMI-UNet skips.
+        project_dim: ITCL projection dimension.
+        loss: ``"dice_ce"`` (Dice + BCE on logits) or ``"dice_only"`` (what the papers effectively trained).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        min_lr: Cosine annealing floor.
+        lr_t_max: Cosine period in epochs; ``None`` = ``trainer.max_epochs``.
+        eval_teacher: Evaluate the EMA teacher instead of the student (methods with a teacher).
+    """
+
+    def __init__(
+        self,
+        backbone: Literal["guidedecoder", "mmiunet"] = "guidedecoder",
+        vision_encoder: str = "tiny",
+        text_encoder: str = "tiny",
+        vision_checkpoint: str | None = None,
+        max_length: int = 24,
+        use_padding_mask: bool = True,
+        text_cache_size: int = 4096,
+        guide_alpha: float = 0.01,
+        use_eca: bool = False,
+        project_dim: int = 768,
+        loss: Literal["dice_ce", "dice_only"] = "dice_ce",
+        lr: float = 3e-4,
+        weight_decay: float = 0.01,
+        min_lr: float = 1e-6,
+        lr_t_max: int | None = None,
+        eval_teacher: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    @property
+    def hp(self) -> Any:
+        """The saved constructor arguments (``self.hparams``) with attribute access."""
+        return self.hparams
+
+    def configure_models(self) -> None:
+        """Build the frozen text encoder and the trainable student network ``self.net``."""
+        hp = self.hp
+        self.text_encoder = TextEncoder(
+            hp.text_encoder, hp.max_length, hp.use_padding_mask, cache_size=hp.text_cache_size
+        )
+        self.net = build_core(
+            hp.backbone,
+            hp.vision_encoder,
+            self.text_encoder.hidden_size,
+            vision_checkpoint=hp.vision_checkpoint,
+            use_padding_mask=hp.use_padding_mask,
+            guide_alpha=hp.guide_alpha,
+            use_eca=hp.use_eca,
+            project_dim=hp.project_dim,
+        )
+
+    def configure_losses(self) -> None:
+        """Build the segmentation loss (``methods.md`` §1.4)."""
+        self.seg_loss = build_seg_loss(self.hp.loss)
+
+    def configure_metrics(self) -> None:
+        """Pooled and per-image Dice/IoU for validation and test (``data.md`` §10.3)."""
+        self.val_metrics = segmentation_metrics("val_")
+        self.test_metrics = segmentation_metrics("test_")
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """The network used for evaluation and prediction (student, or the teacher with ``eval_teacher``)."""
+        teacher = getattr(self, "teacher", None)
+        return teacher if self.hp.eval_teacher and teacher is not None else self.net
+
+    def forward(self, image: Tensor, texts: Sequence[str], net: nn.Module | None = None) -> SegOutput:
+        """Run ``net`` (default: the student) on images ``[B, 1|3, H, W]`` and their texts."""
+        return (net or self.net)(image, self.text_encoder(list(texts)))
+
+    def _evaluate(self, batch: dict[str, Any], prefix: str) -> Tensor:
+        out = self(batch["image"], batch["text"], self.eval_net)
+        loss = self.seg_loss(out["logits"], batch["mask"])
+        metrics = self.val_metrics if prefix == "val_" else self.test_metrics
+        metrics.update(binarize_logits(out["logits"]), batch["mask"].long())
+        self.log(f"{prefix}loss", loss, batch_size=len(batch["text"]), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Evaluate one validation batch."""
+        return self._evaluate(batch, "val_")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Evaluate one test batch."""
+        return self._evaluate(batch, "test_")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Return sigmoid probabilities and ids for a batch."""
+        out = self(batch["image"], batch["text"], self.eval_net)
+        return {"id": batch["id"], "probs": torch.sigmoid(out["logits"])}
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the epoch's validation metrics."""
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        """Log the test metrics and write ``test_metrics.json`` in the run directory."""
+        values = {k: float(v) for k, v in self.test_metrics.compute().items()}
+        self.test_metrics.reset()
+        self.log_dict(values)
+        if self.trainer.is_global_zero and self.trainer.log_dir:
+            path = Path(self.trainer.log_dir) / "test_metrics.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            record = {"method": type(self).__name__, "hparams": dict(self.hparams), "metrics": values}
+            path.write_text(json.dumps(record, indent=1, default=str))
+
+    def configure_optimizers(self) -> Any:
+        """AdamW on the student only, cosine annealing per epoch to ``min_lr`` (``methods.md`` §7)."""
+        hp = self.hp
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        t_max = hp.lr_t_max or max(1, self.trainer.max_epochs or 1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max, eta_min=hp.min_lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

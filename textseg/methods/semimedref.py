@@ -1,0 +1,249 @@
+"""Semi-MedRef (Li et al., arXiv 2605.15720): teacher-student SSL for medical referring image segmentation.
+
+The recipe (paper §2, ``methods.md`` §6): a labeled-only burn-in, then an EMA teacher (eval mode, weak view and
+untouched text) produces pseudo-masks for the unlabeled pairs; the student learns on the strong view with PosAug'd
+text and T-PatchMix, plus position-guided image-text contrastive learning (ITCL) on both branches:
+
+    L = L_sup + lambda_itcl_sup * L_itcl^l + lambda_u(t) * (L_unsup + lambda_itcl_unsup * L_itcl^u)   (Eq. 5)
+
+(the unlabeled ITCL term sits inside the ramped lambda_u as in the public code). Every component is a switch so
+that each row of the paper's Tables 2 and 3 is a config.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from textseg import mixing, text
+from textseg.ema import EMATeacher, linear_ramp, semimedref_momentum
+from textseg.losses import clip_loss, itcl_loss
+from textseg.methods.base import TextSegModule
+from textseg.models.types import SegOutput
+
+
+class SemiMedRefModule(TextSegModule):
+    """Semi-MedRef on the MMI-UNet or GuideDecoder backbone.
+
+    Args:
+        use_teacher: Teacher-student EMA with pseudo-labels ("+ T-S EMA"); ``False`` trains labeled data only.
+        burn_in_epochs: Labeled-only epochs before the unsupervised terms start (5).
+        lambda_u: Final weight of the unsupervised branch (0.3).
+        lambda_u_ramp_epochs: Epochs of the linear ramp of lambda_u after burn-in (15).
+        ema_start: EMA momentum through burn-in (0.99).
+        ema_end: EMA momentum at the end of its ramp (0.999).
+        ema_ramp_epochs: Epochs of the momentum ramp after burn-in (20).
+        confidence: delta, the pseudo-label threshold without mixing and the T-PatchMix lesion gate (0.55).
+        pseudo_label: ``"hard"`` 1[p >= delta] or ``"soft"`` sigmoid((p - delta) / soft_temperature).
+        soft_temperature: Temperature of soft pseudo-labels.
+        image_strong: Student sees the strong image view (ImgStrong, Table 3); ``False`` uses the weak view.
+        text_aug: Student text augmentation: ``"posaug"`` (paper §2.3), ``"textstrong"`` (synonyms + deletion,
+            Table 3) or ``"none"``.
+        posaug_rho: PosAug dropout probability rho (fuzzing with 1 - rho).
+        posaug_edit_prob: Probability that PosAug edits a phrase at all (public code: 0.5).
+        textstrong_prob: Synonym-replacement and deletion probability of TextStrong.
+        mix: ``"tpatchmix"`` (Eqs. 6-8), ``"cutmix"`` (naive, Table 3) or ``"none"``.
+        mix_mode: T-PatchMix block placement: ``"pos"`` (position-constrained), ``"prob"`` (probability-driven)
+            or ``"random"``.
+        mix_block: Side of the mixed block in pixels (16).
+        mix_prob: Per-sample probability of drawing a block (0.08).
+        mix_target_threshold: Threshold of the mixed pseudo-label (Eq. 8: 0.5).
+        gate_before_paste: Apply the lesion gate (Eq. 7) before pasting (project decision) or after (public code).
+        span_mix: Synchronise the text of accepted mixes ("pos_i and pos_j").
+        spc: RESMatch-style SPC: horizontally flip the student view with probability ``spc_prob`` and swap the
+            words left/right (Table 3).
+        spc_prob: Flip probability of SPC.
+        contrastive: ``"itcl"`` (Eq. 9, Jaccard soft positives), ``"clip"`` (Table 3) or ``"none"``.
+        itcl_temperature: tau (0.07).
+        lambda_itcl_sup: Weight of the labeled ITCL term (0.02).
+        lambda_itcl_unsup: Weight of the unlabeled ITCL term on the weak pair (0.1).
+        seed: Seed of the per-step mixing and text-augmentation streams (a function of seed and global step,
+            so a resumed run draws the same).
+        **kwargs: Base arguments (:class:`~textseg.methods.base.TextSegModule`).
+    """
+
+    def __init__(
+        self,
+        use_teacher: bool = True,
+        burn_in_epochs: int = 5,
+        lambda_u: float = 0.3,
+        lambda_u_ramp_epochs: int = 15,
+        ema_start: float = 0.99,
+        ema_end: float = 0.999,
+        ema_ramp_epochs: int = 20,
+        confidence: float = 0.55,
+        pseudo_label: Literal["hard", "soft"] = "hard",
+        soft_temperature: float = 0.05,
+        image_strong: bool = True,
+        text_aug: Literal["posaug", "textstrong", "none"] = "posaug",
+        posaug_rho: float = 0.5,
+        posaug_edit_prob: float = 0.5,
+        textstrong_prob: float = 0.1,
+        mix: Literal["tpatchmix", "cutmix", "none"] = "tpatchmix",
+        mix_mode: Literal["pos", "prob", "random"] = "pos",
+        mix_block: int = 16,
+        mix_prob: float = 0.08,
+        mix_target_threshold: float = 0.5,
+        gate_before_paste: bool = True,
+        span_mix: bool = True,
+        spc: bool = False,
+        spc_prob: float = 0.5,
+        contrastive: Literal["itcl", "clip", "none"] = "itcl",
+        itcl_temperature: float = 0.07,
+        lambda_itcl_sup: float = 0.02,
+        lambda_itcl_unsup: float = 0.1,
+        seed: int = 42,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+
+    def configure_models(self) -> None:
+        """Student (base) plus the EMA teacher (``textseg.ema``), which is never in the optimiser."""
+        super().configure_models()
+        self.teacher = EMATeacher(self.net) if self.hp.use_teacher else None
+
+    # ----------------------------------------------------------------------------------------------- schedules
+    @property
+    def in_burn_in(self) -> bool:
+        """Whether the current epoch is a labeled-only burn-in epoch."""
+        return self.current_epoch < self.hp.burn_in_epochs
+
+    def lambda_u_now(self) -> float:
+        """lambda_u(t): 0 until burn-in ends, then linear to ``lambda_u`` over ``lambda_u_ramp_epochs``."""
+        hp = self.hp
+        return linear_ramp(self.current_epoch, hp.burn_in_epochs, hp.lambda_u_ramp_epochs, hp.lambda_u)
+
+    def momentum_now(self) -> float:
+        """EMA momentum of the current epoch (0.99 through burn-in, then linear to 0.999)."""
+        hp = self.hp
+        return semimedref_momentum(self.current_epoch, hp.burn_in_epochs, hp.ema_ramp_epochs, hp.ema_start, hp.ema_end)
+
+    # ------------------------------------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Eq. 5: supervised DiceCE + labeled ITCL, and after burn-in the ramped unlabeled branch."""
+        hp = self.hp
+        lab = batch["labeled"]
+        out = self(lab["image"], lab["text"])
+        terms = {"sup": self.seg_loss(out["logits"], lab["mask"])}
+        loss = terms["sup"]
+        if hp.contrastive != "none" and hp.lambda_itcl_sup > 0:
+            terms["itcl_sup"] = self._contrastive(out, lab["position"])
+            loss = loss + hp.lambda_itcl_sup * terms["itcl_sup"]
+        lam = self.lambda_u_now()
+        if self.teacher is not None and "unlabeled" in batch and not self.in_burn_in and lam > 0:
+            unsup, stats = self._unlabeled_terms(batch["unlabeled"])
+            terms.update(unsup)
+            loss = loss + lam * sum(self._unsup_weight(k) * v for k, v in unsup.items())
+            self.log_dict({f"train_{k}": v for k, v in stats.items()}, batch_size=len(lab["text"]))
+        n = len(lab["text"])
+        self.log_dict({f"train_loss_{k}": v for k, v in terms.items()}, batch_size=n)
+        self.log_dict({"train_lambda_u": lam, "train_ema_momentum": self.momentum_now()}, batch_size=n)
+        self.log("train_loss", loss, batch_size=n, prog_bar=True)
+        return loss
+
+    def _unsup_weight(self, key: str) -> float:
+        return self.hp.lambda_itcl_unsup if key == "itcl_unsup" else 1.0
+
+    def _contrastive(self, out: SegOutput, positions: Tensor) -> Tensor:
+        hp = self.hp
+        if hp.contrastive == "clip":
+            return clip_loss(out["image_embed"], out["text_embed"], hp.itcl_temperature)
+        return itcl_loss(out["image_embed"], out["text_embed"], positions, hp.itcl_temperature)
+
+    def _generators(self) -> tuple[torch.Generator, random.Random]:
+        """Per-step random streams: a function of (seed, global step, rank) only, hence resume-safe."""
+        s = (self.hp.seed * 1_000_003 + self.global_step) * 64 + self.global_rank
+        return torch.Generator().manual_seed(s), random.Random(s)
+
+    def _unlabeled_terms(self, unl: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Teacher pseudo-labels on the weak view, student on the strong, mixed, re-phrased view (Eqs. 3-4, 6-8)."""
+        hp = self.hp
+        assert self.teacher is not None
+        gen, rng = self._generators()
+        with torch.no_grad():
+            probs = torch.sigmoid(self(unl["image"], unl["text"], self.teacher)["logits"].float())
+        image = unl["image_strong"] if hp.image_strong else unl["image"]
+        texts = [self._augment_text(t, rng) for t in unl["text"]]
+        target = mixing.pseudo_label(probs, hp.confidence, hp.pseudo_label, hp.soft_temperature)
+        stats = {"confident_ratio": mixing.confident_fraction(probs, hp.confidence)}
+        if hp.mix != "none":
+            image, target, texts, stats["mix_accept_ratio"] = self._mix(image, probs, target, texts, gen)
+        if hp.spc:
+            image, target, texts = self._spc(image, target, texts, gen)
+        student = self(image, texts)
+        terms = {"unsup": self.seg_loss(student["logits"], target.to(student["logits"].dtype))}
+        if hp.contrastive != "none" and hp.lambda_itcl_unsup > 0:
+            terms["itcl_unsup"] = self._contrastive(self(unl["image"], unl["text"]), unl["position"])
+        return terms, stats
+
+    def _augment_text(self, caption: str, rng: random.Random) -> str:
+        hp = self.hp
+        if hp.text_aug == "posaug":
+            return text.pos_aug(caption, rng, rho=hp.posaug_rho, edit_prob=hp.posaug_edit_prob)
+        if hp.text_aug == "textstrong":
+            return text.text_strong(caption, rng, hp.textstrong_prob, hp.textstrong_prob)
+        return caption
+
+    def _block_masks(self, probs: Tensor, perm: Tensor, texts: list[str], gen: torch.Generator) -> Tensor:
+        """Draw the block masks M_i of T-PatchMix (position-constrained, probability-driven or random)."""
+        hp = self.hp
+        b, _, h, w = probs.shape
+        if hp.mix == "cutmix":
+            return mixing.cutmix_boxes(b, h, w, gen, device=probs.device)
+        if hp.mix_mode == "prob":
+            return mixing.sample_prob_blocks(probs[perm], hp.confidence, hp.mix_block, hp.mix_prob, gen)
+        if hp.mix_mode == "random":
+            return mixing.sample_random_blocks(b, hp.mix_block, hp.mix_prob, h, w, gen, device=probs.device)
+        boxes, allowed = [], []
+        for i, j in enumerate(perm.tolist()):
+            pi, pj = text.first_phrase(texts[i]), text.first_phrase(texts[j])
+            ok = pi is not None and pj is not None and pi.side == pj.side
+            boxes.append(mixing.region_box(pi.side, pi.levels, h, w) if ok and pi else (0, h, 0, w))
+            allowed.append(ok)
+        masks = mixing.sample_box_blocks(
+            torch.tensor(boxes), torch.tensor(allowed), hp.mix_block, hp.mix_prob, h, w, gen
+        )
+        return masks.to(probs.device)
+
+    def _mix(
+        self, image: Tensor, probs: Tensor, target: Tensor, texts: list[str], gen: torch.Generator
+    ) -> tuple[Tensor, Tensor, list[str], Tensor]:
+        """T-PatchMix (or naive CutMix) of the student view, its pseudo-label and its text."""
+        hp = self.hp
+        perm = mixing.random_permutation(image.shape[0], gen).to(image.device)
+        masks = self._block_masks(probs, perm, texts, gen)
+        if hp.mix == "cutmix":
+            mixed = mixing.t_patchmix(image, probs, perm, masks, 0.0, hp.confidence, gate_before_paste=True)
+            return mixed.image, mixed.target, texts, mixed.accepted.float().mean()
+        mixed = mixing.t_patchmix(
+            image, probs, perm, masks, hp.confidence, hp.mix_target_threshold, hp.gate_before_paste
+        )
+        drawn = masks.flatten(1).amax(1) > 0
+        rate = mixed.accepted.float().sum() / drawn.float().sum().clamp_min(1)
+        mode: Literal["and", "replace"] = "and" if hp.mix_mode == "pos" else "replace"
+        if hp.span_mix and hp.mix_mode != "prob":
+            texts = [
+                text.span_mix(t, texts[j], mode) if ok else t
+                for t, j, ok in zip(texts, perm.tolist(), mixed.accepted.tolist(), strict=True)
+            ]
+        return mixed.image, mixed.target, texts, rate
+
+    def _spc(
+        self, image: Tensor, target: Tensor, texts: list[str], gen: torch.Generator
+    ) -> tuple[Tensor, Tensor, list[str]]:
+        """SPC (RESMatch): flip the student view horizontally and swap left/right in its text."""
+        flip = torch.rand(image.shape[0], generator=gen) < self.hp.spc_prob
+        idx = flip.nonzero().flatten().to(image.device)
+        image, target = image.clone(), target.clone()
+        image[idx], target[idx] = image[idx].flip(-1), target[idx].flip(-1)
+        texts = [text.swap_left_right(t) if f else t for t, f in zip(texts, flip.tolist(), strict=True)]
+        return image, target, texts
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step the optimiser, then update the teacher: exactly once per optimiser step (accumulation-safe)."""
+        super().optimizer_step(*args, **kwargs)
+        if self.teacher is not None:
+            self.teacher.update(self.net, self.momentum_now())

@@ -1,0 +1,87 @@
+"""Segmentation metrics, named and aggregated as ``reference/data.md`` §10.3 decides.
+
+Two conventions are reported side by side because they differ by 6-8 Dice points on the same predictions:
+
+* **pooled** (``dice``, ``iou``; GuideDecoder / MMI-UNet / TextMoE / Semi-MedRef tables): TP, FP and FN summed over
+  all pixels of all images of the split, then Dice = 2TP / (2TP + FP + FN) and IoU = TP / (TP + FP + FN) of the
+  foreground. These are torchmetrics' :class:`~torchmetrics.classification.BinaryF1Score` and
+  :class:`~torchmetrics.classification.BinaryJaccardIndex` with global averaging.
+* **per-image** (``dice_per_image``, ``iou_per_image``; LViT): the same quantities per image, averaged over images,
+  with LViT's formulas: Dice = 2 sum(gt*pred) / (sum gt + sum pred + 1e-5) and IoU = jaccard with ``zero_division=0``,
+  so an image with an empty ground truth and an empty prediction scores 0 on both.
+
+A pixel is foreground when ``sigmoid(logit) >= 0.5``, i.e. ``logit >= 0``. Predictions are binarised here, before
+torchmetrics sees them, because torchmetrics thresholds float inputs with a strict ``>``.
+
+Defined values for degenerate splits: pooled metrics return 0 when the split has neither foreground nor predicted
+foreground (``zero_division=0``), never NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
+
+#: LViT's smoothing constant in the per-image Dice denominator.
+LVIT_EPS = 1e-5
+
+
+def binarize_logits(logits: Tensor) -> Tensor:
+    """Return the {0, 1} prediction ``sigmoid(logits) >= 0.5`` as a long tensor."""
+    return (logits >= 0).long()
+
+
+class PerImageScore(Metric):
+    """Mean over images of a per-image Dice or IoU (LViT convention, ``data.md`` §10.2).
+
+    Args:
+        kind: ``"dice"`` or ``"iou"``.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, kind: str = "dice") -> None:
+        super().__init__()
+        if kind not in ("dice", "iou"):
+            raise ValueError(f"PerImageScore kind must be 'dice' or 'iou', got {kind!r}")
+        self.kind = kind
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Accumulate a batch of binary predictions and targets of shape ``[B, ...]``."""
+        p = preds.reshape(preds.shape[0], -1).double()
+        t = target.reshape(target.shape[0], -1).double()
+        inter = (p * t).sum(1)
+        if self.kind == "dice":
+            score = 2 * inter / (t.sum(1) + p.sum(1) + LVIT_EPS)
+        else:
+            union = ((p + t) > 0).double().sum(1)
+            score = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
+        self.total: Tensor = self.total + score.sum()
+        self.count: Tensor = self.count + score.numel()
+
+    def compute(self) -> Tensor:
+        """Return the mean score (0 when no image was seen)."""
+        total, count = torch.as_tensor(self.total), torch.as_tensor(self.count)
+        return (total / count.clamp_min(1)).float()
+
+
+def segmentation_metrics(prefix: str) -> MetricCollection:
+    """Build the metric collection for one split, e.g. ``prefix="val_"`` gives ``val_dice``, ``val_iou``, ...
+
+    Update it with ``(binarize_logits(logits), mask.long())``.
+    """
+    return MetricCollection(
+        {
+            "dice": BinaryF1Score(multidim_average="global", zero_division=0),
+            "iou": BinaryJaccardIndex(zero_division=0),
+            "dice_per_image": PerImageScore("dice"),
+            "iou_per_image": PerImageScore("iou"),
+        },
+        prefix=prefix,
+    )

@@ -1,0 +1,591 @@
+"""T-PatchMix (Semi-MedRef, Li et al., Sec. 2.3, Eqs. 6-8) and the mixing baselines of the Table 3 ablation.
+
+T-PatchMix builds the student's strong unlabeled view by pasting one block of a partner sample ``j = perm(i)``
+into sample ``i`` (Eq. 6), keeps the block only if the partner's teacher probability inside it is high enough
+(the lesion gate, Eq. 7), and mixes the two teacher probability maps with the **same** gated mask to form the
+pseudo-label (Eq. 8):
+
+    I_mix = (1 - M_i) * I_i + M_i * I_j                                   (6)
+    r_i = sum(P_j * M_i) / (sum(M_i) + eps),   M_hat_i = M_i * 1[r_i >= delta]   (7)
+    Y_mix = 1[(1 - M_hat_i) * P_i + M_hat_i * P_j >= 0.5]                 (8)
+
+Block masks ``M_i`` come from one of the samplers below:
+
+* :func:`sample_box_blocks` -- the paper's position-constrained mode (``pos``, the main configuration): one
+  ``block x block`` square inside the coarse region named by sample ``i``'s positional phrase
+  (:func:`region_box`);
+* :func:`sample_prob_blocks` -- the probability-driven mode (``prob``): a block centred on a random pixel
+  where the partner's teacher probability is >= a threshold;
+* :func:`sample_random_blocks` -- the ``random`` mode: a block anywhere;
+* :func:`cutmix_boxes` -- naive CutMix (one random rectangle) for the Table 3 ablation.
+
+Project decisions (``methods.md`` Sec. 6.4): the gate is evaluated **before** pasting, so a rejected block is
+not pasted (``gate_before_paste=False`` reproduces the public code, which pastes first and gates only the
+target); boxes use image sides in display orientation ("left" = columns ``[0, W/2)``).
+
+All functions are pure: randomness comes only from the explicit ``torch.Generator`` argument (random numbers
+are drawn on the generator's device and moved to the data's device, so a CPU generator drives GPU data
+reproducibly), everything is batched and vectorised (no per-sample Python loop), and floating-point inputs
+keep their dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from textseg.errors import DataError
+
+__all__ = [
+    "LEVELS",
+    "SIDES",
+    "MixResult",
+    "boxes_to_mask",
+    "confident_fraction",
+    "cutmix_boxes",
+    "lesion_gate",
+    "pseudo_label",
+    "random_permutation",
+    "region_box",
+    "sample_box_blocks",
+    "sample_prob_blocks",
+    "sample_random_blocks",
+    "t_patchmix",
+]
+
+#: Horizontal halves, image sides in display orientation (``data.md`` Sec. 9).
+SIDES: tuple[str, str] = ("left", "right")
+#: Vertical thirds, top to bottom.
+LEVELS: tuple[str, str, str] = ("upper", "middle", "lower")
+
+
+class MixResult(NamedTuple):
+    """Output of :func:`t_patchmix`.
+
+    Attributes:
+        image: Mixed student images ``[B, C, H, W]`` (Eq. 6), dtype of the input images.
+        target: Mixed hard pseudo-label ``[B, 1, H, W]`` in ``{0, 1}`` (Eq. 8), dtype of the probabilities.
+        mask: The mask actually pasted into the images ``[B, 1, H, W]``: the gated ``M_hat`` when the gate
+            runs before pasting (default), the ungated ``M`` otherwise.
+        accepted: ``[B]`` bool, ``True`` where a non-empty block passed the lesion gate (``M_hat_i != 0``);
+            this is what drives the text span mixing ("pos_i and pos_j", Sec. 2.3).
+        ratio: ``[B]`` lesion ratio ``r_i`` of Eq. 7 (float32, or float64 for float64 probabilities).
+    """
+
+    image: Tensor
+    target: Tensor
+    mask: Tensor
+    accepted: Tensor
+    ratio: Tensor
+
+
+# ----------------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _check_prob(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
+        raise DataError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+def _check_block(block: int) -> None:
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise DataError(f"block must be a positive int (pixels), got {block!r}")
+
+
+def _check_size(height: int, width: int) -> None:
+    if height < 1 or width < 1:
+        raise DataError(f"image size must be positive, got height={height!r}, width={width!r}")
+
+
+def _check_map(name: str, t: Tensor, batch: int | None = None, channels: int | None = 1) -> None:
+    """Require a ``[B, C, H, W]`` tensor (``C == channels`` when given, ``B == batch`` when given)."""
+    if t.dim() != 4:
+        raise DataError(f"{name} must have shape [B, C, H, W], got {tuple(t.shape)}")
+    if channels is not None and t.shape[1] != channels:
+        raise DataError(f"{name} must have {channels} channel(s), got shape {tuple(t.shape)}")
+    if batch is not None and t.shape[0] != batch:
+        raise DataError(f"{name} has batch size {t.shape[0]}, expected {batch}")
+
+
+def _uniform(n: int, generator: torch.Generator, device: torch.device | None) -> Tensor:
+    """``n`` float64 draws from U[0, 1) on the generator's device, moved to ``device``."""
+    u = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
+    return u if device is None else u.to(device)
+
+
+def _float_dtype(t: Tensor) -> torch.dtype:
+    """At least float32 (float64 stays float64) -- the dtype used for reductions."""
+    return torch.promote_types(t.dtype, torch.float32) if t.is_floating_point() else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------
+# boxes and block samplers
+
+
+def region_box(
+    side: Literal["left", "right"], levels: Sequence[str], height: int, width: int
+) -> tuple[int, int, int, int]:
+    """Coarse lung region of a positional phrase as a pixel box (``methods.md`` Sec. 6.4, step 2).
+
+    Image-side display convention: "left" -> columns ``[0, W // 2)``, "right" -> ``[W // 2, W)``;
+    "upper", "middle", "lower" -> rows ``[0, H // 3)``, ``[H // 3, 2H // 3)``, ``[2H // 3, H)``. Several
+    levels give the union **span** (from the first named third to the last, so "upper lower" covers the
+    middle third too, as in the public code); no levels gives all rows.
+
+    Args:
+        side: "left" or "right" (case-insensitive).
+        levels: Any of "upper", "middle", "lower" (case-insensitive, any order, may be empty).
+        height: Image height ``H`` (>= 3, so that every third is non-empty).
+        width: Image width ``W`` (>= 2).
+
+    Returns:
+        ``(row0, row1, col0, col1)``, half-open: rows ``[row0, row1)``, columns ``[col0, col1)``.
+
+    Raises:
+        DataError: For an unknown side or level, or an image too small to split.
+    """
+    s = str(side).strip().lower()
+    if s not in SIDES:
+        raise DataError(f"region_box: side must be one of {SIDES}, got {side!r}")
+    if height < 3 or width < 2:
+        raise DataError(f"region_box: image must be at least 3x2 pixels, got height={height}, width={width}")
+    thirds = {
+        "upper": (0, height // 3),
+        "middle": (height // 3, 2 * height // 3),
+        "lower": (2 * height // 3, height),
+    }
+    spans = []
+    for level in levels:
+        key = str(level).strip().lower()
+        if key not in thirds:
+            raise DataError(f"region_box: level must be one of {LEVELS}, got {level!r}")
+        spans.append(thirds[key])
+    row0, row1 = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0, height)
+    col0, col1 = (0, width // 2) if s == "left" else (width // 2, width)
+    return row0, row1, col0, col1
+
+
+def boxes_to_mask(boxes: Tensor, height: int, width: int, active: Tensor | None = None) -> Tensor:
+    """Rasterise one half-open box per sample into a ``{0, 1}`` mask.
+
+    Args:
+        boxes: ``[B, 4]`` integer ``(row0, row1, col0, col1)`` per sample (half-open, may be empty).
+        height: Mask height ``H``.
+        width: Mask width ``W``.
+        active: Optional ``[B]`` bool; samples with ``False`` get an empty mask.
+
+    Returns:
+        ``[B, 1, H, W]`` float32 mask on ``boxes.device``.
+
+    Raises:
+        DataError: If ``boxes`` is not ``[B, 4]`` or ``active`` is not ``[B]``.
+    """
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise DataError(f"boxes must have shape [B, 4], got {tuple(boxes.shape)}")
+    _check_size(height, width)
+    b = boxes.to(torch.long)
+    rows = torch.arange(height, device=boxes.device)
+    cols = torch.arange(width, device=boxes.device)
+    in_r = (rows[None, :] >= b[:, 0:1]) & (rows[None, :] < b[:, 1:2])
+    in_c = (cols[None, :] >= b[:, 2:3]) & (cols[None, :] < b[:, 3:4])
+    mask = in_r[:, :, None] & in_c[:, None, :]
+    if active is not None:
+        if active.shape != (boxes.shape[0],):
+            raise DataError(f"active must have shape [{boxes.shape[0]}], got {tuple(active.shape)}")
+        mask = mask & active.to(device=boxes.device, dtype=torch.bool)[:, None, None]
+    return mask[:, None].to(torch.float32)
+
+
+def _place(lo: Tensor, hi: Tensor, size: int, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Uniform start of a ``min(size, hi - lo)`` long segment in ``[lo, hi)``; returns (start, length)."""
+    extent = hi - lo
+    length = extent.clamp(max=size)
+    slots = (extent - length + 1).clamp(min=1)
+    offset = torch.floor(u * slots.to(u.dtype)).to(torch.long)
+    offset = torch.minimum(offset, slots - 1)
+    return lo + offset, length
+
+
+def sample_box_blocks(
+    boxes: Tensor,
+    allowed: Tensor,
+    block: int,
+    prob: float,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """Position-constrained T-PatchMix masks (Sec. 2.3 "(i)", ``methods.md`` Sec. 6.4 step 3).
+
+    For every sample, with probability ``prob`` and only where ``allowed``, one ``block x block`` square is
+    placed uniformly at random inside the sample's box (every fitting integer position equally likely). If the
+    box is smaller than a block along an axis, the block is clipped to the box along that axis.
+
+    Random numbers: three ``U[0, 1)`` vectors of length ``B`` (mix decision, row offset, column offset) are
+    drawn from ``generator`` for every call, whatever ``allowed`` holds, so the stream consumed is fixed.
+
+    Args:
+        boxes: ``[B, 4]`` integer ``(row0, row1, col0, col1)`` from :func:`region_box` (half-open). Rows of
+            disallowed samples are ignored.
+        allowed: ``[B]`` bool; ``False`` where mixing is disabled (no phrase, or conflicting laterality).
+        block: Block side in pixels (16 in the paper).
+        prob: Per-sample probability of placing a block (``mix_prob``, 0.08 in the published configs).
+        height: Image height ``H``.
+        width: Image width ``W``.
+        generator: Source of randomness.
+
+    Returns:
+        ``[B, 1, H, W]`` float32 mask in ``{0, 1}`` on ``boxes.device``.
+
+    Raises:
+        DataError: On bad shapes, ``block``/``prob`` values, or an allowed box that is empty or leaves the
+            image.
+    """
+    _check_block(block)
+    _check_prob("prob", prob)
+    _check_size(height, width)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise DataError(f"sample_box_blocks: boxes must have shape [B, 4], got {tuple(boxes.shape)}")
+    n = boxes.shape[0]
+    if allowed.shape != (n,):
+        raise DataError(f"sample_box_blocks: allowed must have shape [{n}], got {tuple(allowed.shape)}")
+    b = boxes.to(torch.long)
+    ok = allowed.to(device=boxes.device, dtype=torch.bool)
+    r0, r1, c0, c1 = b.unbind(1)
+    bad = ok & ((r0 < 0) | (r1 > height) | (r0 >= r1) | (c0 < 0) | (c1 > width) | (c0 >= c1))
+    if bool(bad.any()):
+        idx = int(torch.nonzero(bad)[0, 0])
+        raise DataError(
+            f"sample_box_blocks: box {b[idx].tolist()} of sample {idx} is empty or outside the {height}x{width} image"
+        )
+    u = _uniform(3 * n, generator, boxes.device).view(3, n)
+    active = ok & (u[0] < prob)
+    top, bh = _place(r0, r1, block, u[1])
+    left, bw = _place(c0, c1, block, u[2])
+    return boxes_to_mask(torch.stack([top, top + bh, left, left + bw], dim=1), height, width, active)
+
+
+def sample_random_blocks(
+    batch: int,
+    block: int,
+    prob: float,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """T-PatchMix ``random`` mode: one ``block x block`` square anywhere, with probability ``prob``.
+
+    Equivalent to :func:`sample_box_blocks` with the whole image as every sample's box (same random stream).
+
+    Args:
+        batch: Batch size ``B``.
+        block: Block side in pixels (clipped to the image if larger).
+        prob: Per-sample probability of placing a block.
+        height: Image height ``H``.
+        width: Image width ``W``.
+        generator: Source of randomness.
+        device: Device of the returned mask (default: CPU).
+
+    Returns:
+        ``[B, 1, H, W]`` float32 mask in ``{0, 1}``.
+    """
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    boxes = torch.tensor([[0, height, 0, width]], dtype=torch.long, device=dev).expand(batch, 4)
+    allowed = torch.ones(batch, dtype=torch.bool, device=dev)
+    return sample_box_blocks(boxes, allowed, block, prob, height, width, generator)
+
+
+def sample_prob_blocks(
+    probs_partner: Tensor, threshold: float, block: int, prob: float, generator: torch.Generator
+) -> Tensor:
+    """Probability-driven T-PatchMix masks (Sec. 2.3 "(ii)", ``methods.md`` Sec. 6.4 mode ``prob``).
+
+    For every sample, with probability ``prob``, a pixel is drawn uniformly among those where the partner's
+    teacher probability ``P_j >= threshold``, and a ``block x block`` square is centred on it (top-left
+    ``(y - block // 2, x - block // 2)``, shifted to stay inside the image; clipped if the block exceeds the
+    image). Samples with no such pixel get no block.
+
+    Random numbers: two ``U[0, 1)`` vectors of length ``B`` (mix decision, which candidate pixel).
+
+    Args:
+        probs_partner: ``[B, 1, H, W]`` teacher probabilities of each sample's partner, ``P_j``.
+        threshold: Candidate threshold on ``P_j`` (the gate's delta, 0.55, in the public code).
+        block: Block side in pixels.
+        prob: Per-sample probability of placing a block.
+        generator: Source of randomness.
+
+    Returns:
+        ``[B, 1, H, W]`` float32 mask in ``{0, 1}`` on ``probs_partner.device``.
+
+    Raises:
+        DataError: On a bad shape or ``block``/``prob`` value.
+    """
+    _check_map("probs_partner", probs_partner)
+    _check_block(block)
+    _check_prob("prob", prob)
+    n, _, height, width = probs_partner.shape
+    device = probs_partner.device
+    u = _uniform(2 * n, generator, device).view(2, n)
+    cand = (probs_partner[:, 0] >= threshold).reshape(n, -1)
+    csum = cand.to(torch.long).cumsum(dim=1)
+    count = csum[:, -1]
+    k = torch.minimum(torch.floor(u[1] * count.to(u.dtype)).to(torch.long), (count - 1).clamp(min=0))
+    flat = (csum > k[:, None]).to(torch.int8).argmax(dim=1)  # index of the (k+1)-th candidate
+    cy, cx = flat // width, flat % width
+    bh, bw = min(block, height), min(block, width)
+    top = (cy - bh // 2).clamp(min=0, max=height - bh)
+    left = (cx - bw // 2).clamp(min=0, max=width - bw)
+    active = (u[0] < prob) & (count > 0)
+    boxes = torch.stack([top, top + bh, left, left + bw], dim=1)
+    return boxes_to_mask(boxes, height, width, active)
+
+
+def cutmix_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    area: tuple[float, float] = (0.02, 0.4),
+    aspect: tuple[float, float] = (0.3, 1.0 / 0.3),
+    prob: float = 1.0,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Naive CutMix masks (Yun et al., ICCV 2019) for the Table 3 "CutMix" ablation.
+
+    One random rectangle per sample, placed without regard to the text or the lesion. The area ratio is drawn
+    from ``U(area[0], area[1])`` (CutMix's ``Beta(1, 1)`` mixing ratio restricted to an interval; the default
+    ``(0.02, 0.4)`` and the aspect range ``(0.3, 1/0.3)`` are the CutMix box of semi-supervised segmentation
+    practice, e.g. UniMatch, CVPR 2023). The aspect ratio ``h / w`` is log-uniform in ``aspect``. Sides are
+    rounded to whole pixels and clipped to the image (so a very elongated draw can cover less than its drawn
+    area), and the rectangle is placed uniformly so that it lies fully inside the image. Feed the result to
+    :func:`t_patchmix` with ``delta=0`` for ungated (naive) mixing.
+
+    Random numbers: five ``U[0, 1)`` vectors of length ``B`` (apply decision, area, aspect, top, left), drawn
+    for every call.
+
+    Args:
+        batch: Batch size ``B``.
+        height: Image height ``H``.
+        width: Image width ``W``.
+        generator: Source of randomness.
+        area: ``(min, max)`` area ratio of the rectangle, ``0 < min <= max <= 1``.
+        aspect: ``(min, max)`` aspect ratio ``h / w``, ``0 < min <= max``.
+        prob: Per-sample probability of applying CutMix.
+        device: Device of the returned mask (default: CPU).
+
+    Returns:
+        ``[B, 1, H, W]`` float32 mask in ``{0, 1}`` (the rectangle; the name follows the CutMix literature).
+
+    Raises:
+        DataError: On invalid ``area``, ``aspect``, ``prob`` or image size.
+    """
+    _check_size(height, width)
+    _check_prob("prob", prob)
+    if not (0.0 < area[0] <= area[1] <= 1.0):
+        raise DataError(f"cutmix_boxes: area must satisfy 0 < min <= max <= 1, got {area!r}")
+    if not (0.0 < aspect[0] <= aspect[1]):
+        raise DataError(f"cutmix_boxes: aspect must satisfy 0 < min <= max, got {aspect!r}")
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    u = _uniform(5 * batch, generator, dev).view(5, batch)
+    active = u[0] < prob
+    frac = area[0] + (area[1] - area[0]) * u[1]
+    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * u[2])
+    pixels = frac * (height * width)
+    bh = torch.round(torch.sqrt(pixels * ratio)).to(torch.long).clamp(min=1, max=height)
+    bw = torch.round(torch.sqrt(pixels / ratio)).to(torch.long).clamp(min=1, max=width)
+    top = torch.minimum(torch.floor(u[3] * (height - bh + 1).to(u.dtype)).to(torch.long), height - bh)
+    left = torch.minimum(torch.floor(u[4] * (width - bw + 1).to(u.dtype)).to(torch.long), width - bw)
+    return boxes_to_mask(torch.stack([top, top + bh, left, left + bw], dim=1), height, width, active)
+
+
+# ----------------------------------------------------------------------------------------------------
+# gate, mixing, pseudo-labels
+
+
+def lesion_gate(masks: Tensor, probs_partner: Tensor, delta: float = 0.55, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Lesion gate of T-PatchMix (paper Eq. 7).
+
+    ``r_i = sum(P_j * M_i) / (sum(M_i) + eps)`` is the mean partner probability inside the block, and
+    ``M_hat_i = M_i * 1[r_i >= delta]`` keeps the block only if it covers enough lesion. An empty mask gives
+    ``r_i = 0``.
+
+    Args:
+        masks: ``[B, 1, H, W]`` block masks ``M_i`` (``{0, 1}``).
+        probs_partner: ``[B, 1, H, W]`` partner teacher probabilities ``P_j`` (already permuted).
+        delta: Gate threshold (0.55 in the published configs).
+        eps: Denominator stabiliser.
+
+    Returns:
+        ``(M_hat, r)``: gated masks ``[B, 1, H, W]`` (dtype of ``masks``) and ratios ``[B]`` (float32, or
+        float64 for float64 inputs).
+
+    Raises:
+        DataError: If the shapes do not match.
+    """
+    _check_map("masks", masks)
+    _check_map("probs_partner", probs_partner, batch=masks.shape[0])
+    if probs_partner.shape != masks.shape:
+        raise DataError(
+            f"lesion_gate: masks {tuple(masks.shape)} and probs_partner {tuple(probs_partner.shape)} differ"
+        )
+    dtype = torch.promote_types(_float_dtype(masks), _float_dtype(probs_partner))
+    m = masks.to(dtype)
+    ratio = (probs_partner.to(dtype) * m).sum(dim=(1, 2, 3)) / (m.sum(dim=(1, 2, 3)) + eps)
+    keep = ratio >= delta
+    gated = masks * keep.to(masks.dtype).view(-1, 1, 1, 1)
+    return gated, ratio
+
+
+def t_patchmix(
+    images: Tensor,
+    probs: Tensor,
+    perm: Tensor,
+    masks: Tensor,
+    delta: float = 0.55,
+    target_threshold: float = 0.5,
+    gate_before_paste: bool = True,
+) -> MixResult:
+    """Image-text alignment-preserving patch mixing, T-PatchMix (paper Eqs. 6-8, ``methods.md`` Sec. 6.4).
+
+    Partner ``j = perm[i]``. The candidate masks ``M`` (from one of the samplers) are gated by Eq. 7 with the
+    partner's teacher probabilities; the **same** gated mask ``M_hat`` then mixes the images (Eq. 6) and the
+    teacher probabilities, which are thresholded into the pseudo-label (Eq. 8):
+
+        image_i  = (1 - M_hat_i) * I_i + M_hat_i * I_j
+        target_i = 1[(1 - M_hat_i) * P_i + M_hat_i * P_j >= target_threshold]
+
+    With ``gate_before_paste=False`` (the public code's order) the image is mixed with the ungated ``M`` -- a
+    rejected block stays in the image while the target there stays ``P_i`` -- and ``MixResult.mask`` is ``M``.
+    The text side (span mixing where ``accepted``) is done by the caller.
+
+    Args:
+        images: ``[B, C, H, W]`` strong-view student images ``I_i``.
+        probs: ``[B, 1, H, W]`` teacher probabilities on the weak views, ``P_i`` (the partner's are
+            ``probs[perm]``).
+        perm: ``[B]`` integer partner index per sample (see :func:`random_permutation`).
+        masks: ``[B, 1, H, W]`` candidate block masks ``M_i`` in ``{0, 1}``.
+        delta: Lesion-gate threshold of Eq. 7 (0.55).
+        target_threshold: Pseudo-label threshold of Eq. 8 (0.5 in the paper and code).
+        gate_before_paste: Project decision (default ``True``): rejected blocks are not pasted. ``False``
+            reproduces the public code.
+
+    Returns:
+        A :class:`MixResult` (image, target, mask, accepted, ratio).
+
+    Raises:
+        DataError: On mismatched shapes or a non-integer ``perm``.
+    """
+    _check_map("images", images, channels=None)
+    n, _, height, width = images.shape
+    _check_map("probs", probs, batch=n)
+    _check_map("masks", masks, batch=n)
+    if probs.shape[2:] != (height, width) or masks.shape[2:] != (height, width):
+        raise DataError(
+            f"t_patchmix: spatial sizes differ: images {tuple(images.shape)}, probs {tuple(probs.shape)}, "
+            f"masks {tuple(masks.shape)}"
+        )
+    if perm.shape != (n,) or perm.is_floating_point() or perm.is_complex() or perm.dtype == torch.bool:
+        raise DataError(
+            f"t_patchmix: perm must be an integer tensor of shape [{n}], got {perm.dtype} {tuple(perm.shape)}"
+        )
+    idx = perm.to(device=images.device, dtype=torch.long)
+    images_j = images.index_select(0, idx)
+    probs_j = probs.index_select(0, idx.to(probs.device))
+    gated, ratio = lesion_gate(masks, probs_j, delta=delta)
+    accepted = gated.flatten(1).ne(0).any(dim=1)
+    pasted = gated if gate_before_paste else masks
+    m_img = pasted.to(device=images.device, dtype=images.dtype)
+    image = images * (1 - m_img) + images_j * m_img
+    m_tgt = gated.to(device=probs.device, dtype=probs.dtype)
+    mixed = (1 - m_tgt) * probs + m_tgt * probs_j
+    target = (mixed >= target_threshold).to(probs.dtype if probs.is_floating_point() else torch.float32)
+    return MixResult(image=image, target=target, mask=pasted, accepted=accepted, ratio=ratio)
+
+
+def pseudo_label(
+    probs: Tensor, delta: float, mode: Literal["hard", "soft"] = "hard", temperature: float = 0.05
+) -> Tensor:
+    """Teacher pseudo-label from probabilities (paper Eq. 3, ``methods.md`` Sec. 6.1).
+
+    ``hard``: ``1[p >= delta]`` (the paper); ``soft``: ``sigmoid((p - delta) / temperature)`` (the public
+    code's optional soft mode).
+
+    Args:
+        probs: Teacher probabilities, any shape.
+        delta: Confidence threshold (0.55 in the published configs).
+        mode: "hard" or "soft".
+        temperature: Soft-mode temperature (> 0).
+
+    Returns:
+        Tensor of the same shape and floating dtype as ``probs`` (float32 for non-float input).
+
+    Raises:
+        DataError: For an unknown mode or a non-positive temperature.
+    """
+    dtype = probs.dtype if probs.is_floating_point() else torch.float32
+    if mode == "hard":
+        return (probs >= delta).to(dtype)
+    if mode == "soft":
+        if not temperature > 0:
+            raise DataError(f"pseudo_label: temperature must be > 0, got {temperature!r}")
+        return torch.sigmoid((probs.to(dtype) - delta) / temperature)
+    raise DataError(f"pseudo_label: mode must be 'hard' or 'soft', got {mode!r}")
+
+
+def confident_fraction(probs: Tensor, delta: float) -> Tensor:
+    """Share of pixels on which the teacher is confident, ``mean(max(p, 1 - p) >= delta)`` (for logging).
+
+    Args:
+        probs: Teacher probabilities, any shape.
+        delta: Confidence threshold.
+
+    Returns:
+        0-dim float32 tensor in ``[0, 1]`` (0 for an empty input).
+    """
+    if probs.numel() == 0:
+        return torch.zeros((), dtype=torch.float32, device=probs.device)
+    conf = torch.maximum(probs, 1 - probs) >= delta
+    return conf.to(torch.float32).mean()
+
+
+def random_permutation(
+    batch: int,
+    generator: torch.Generator,
+    device: torch.device | str | None = None,
+    derangement: bool = True,
+) -> Tensor:
+    """Random partner assignment ``j = perm[i]`` for T-PatchMix (step 1 of ``methods.md`` Sec. 6.4).
+
+    The public code uses a plain ``randperm``, whose expected number of fixed points (samples paired with
+    themselves, for which mixing is a no-op) is 1 per batch. With ``derangement=True`` (default, and only when
+    ``batch > 1``) permutations are redrawn until none has a fixed point, which samples **uniformly among
+    derangements** (rejection sampling; acceptance probability about 1/e, so about 2.7 draws on average).
+
+    Args:
+        batch: Batch size ``B`` (>= 0).
+        generator: Source of randomness (the permutation is drawn on its device).
+        device: Device of the result (default: the generator's device).
+        derangement: Forbid ``perm[i] == i`` when ``batch > 1``.
+
+    Returns:
+        ``[B]`` long tensor, a permutation of ``0..B-1``.
+
+    Raises:
+        DataError: If ``batch`` is negative.
+    """
+    if batch < 0:
+        raise DataError(f"random_permutation: batch must be >= 0, got {batch!r}")
+    gdev = generator.device
+    ar = torch.arange(batch, device=gdev)
+    perm = torch.randperm(batch, generator=generator, device=gdev)
+    if derangement and batch > 1:
+        while bool((perm == ar).any()):
+            perm = torch.randperm(batch, generator=generator, device=gdev)
+    return perm if device is None else perm.to(device)

