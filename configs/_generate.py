@@ -158,10 +158,10 @@ def demo(method: str) -> dict[str, Any]:
     }
     if method == "semimedref":
         model.update(
-            burn_in_epochs=3,
+            burn_in_epochs=2,
             lambda_u=0.3,
-            lambda_u_ramp_epochs=3,
-            ema_ramp_epochs=4,
+            lambda_u_ramp_epochs=2,
+            ema_ramp_epochs=3,
             mix_prob=0.5,
             mix_block=8,
         )
@@ -171,7 +171,7 @@ def demo(method: str) -> dict[str, Any]:
         "trainer": {
             "accelerator": "cpu",
             "devices": 1,
-            "max_epochs": 12,
+            "max_epochs": 6,
             "log_every_n_steps": 5,
             "logger": {
                 "class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -191,7 +191,7 @@ def demo(method: str) -> dict[str, Any]:
         "data": {
             "dataset": "synthetic",
             "root": "data/synthetic",
-            "labeled_ratio": 0.05,
+            "labeled_ratio": 0.25,
             "image_size": 64,
             "batch_size": 8,
             "eval_batch_size": 16,
