@@ -127,8 +127,14 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
     Path(args.out).with_suffix(".json").write_text(
-        json.dumps({"args": vars(args), "supervised": [sup_metrics, sup_shuffled],
-                    "semimedref": [semi_metrics, semi_shuffled]}, indent=1)  # fmt: skip
+        json.dumps(
+            {
+                "args": vars(args),
+                "supervised": [sup_metrics, sup_shuffled],
+                "semimedref": [semi_metrics, semi_shuffled],
+            },
+            indent=1,
+        )
     )
     print(text)
 

@@ -60,8 +60,8 @@ class SemiMedRefModule(TextSegModule):
         itcl_temperature: tau (0.07).
         lambda_itcl_sup: Weight of the labeled ITCL term (0.02).
         lambda_itcl_unsup: Weight of the unlabeled ITCL term on the weak pair (0.1).
-        seed: Seed of the per-step mixing and text-augmentation streams (a function of seed and global step,
-            so a resumed run draws the same).
+        aug_seed: Seed of the per-step mixing and text-augmentation streams (a function of this seed, the global
+            step and the rank, so a resumed run draws the same). Named apart from the DataModule's ``seed``.
         **kwargs: Base arguments (:class:`~textseg.methods.base.TextSegModule`).
     """
 
@@ -95,7 +95,7 @@ class SemiMedRefModule(TextSegModule):
         itcl_temperature: float = 0.07,
         lambda_itcl_sup: float = 0.02,
         lambda_itcl_unsup: float = 0.1,
-        seed: int = 42,
+        aug_seed: int = 42,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -155,7 +155,7 @@ class SemiMedRefModule(TextSegModule):
 
     def _generators(self) -> tuple[torch.Generator, random.Random]:
         """Per-step random streams: a function of (seed, global step, rank) only, hence resume-safe."""
-        s = (self.hp.seed * 1_000_003 + self.global_step) * 64 + self.global_rank
+        s = (self.hp.aug_seed * 1_000_003 + self.global_step) * 64 + self.global_rank
         return torch.Generator().manual_seed(s), random.Random(s)
 
     def _unlabeled_terms(self, unl: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -200,7 +200,7 @@ class SemiMedRefModule(TextSegModule):
         boxes, allowed = [], []
         for i, j in enumerate(perm.tolist()):
             pi, pj = text.first_phrase(texts[i]), text.first_phrase(texts[j])
-            ok = pi is not None and pj is not None and pi.side == pj.side
+            ok = pi is not None and (pj is None or pi.side == pj.side)  # methods.md §6.4 step 2
             boxes.append(mixing.region_box(pi.side, pi.levels, h, w) if ok and pi else (0, h, 0, w))
             allowed.append(ok)
         masks = mixing.sample_box_blocks(
@@ -221,6 +221,11 @@ class SemiMedRefModule(TextSegModule):
         mixed = mixing.t_patchmix(
             image, probs, perm, masks, hp.confidence, hp.mix_target_threshold, hp.gate_before_paste
         )
+        target = mixed.target
+        if hp.pseudo_label == "soft":  # soft pseudo-label of the mixed teacher map (Eq. 8 with a soft indicator)
+            gated = mixed.mask * mixed.accepted.view(-1, 1, 1, 1).to(mixed.mask.dtype)
+            mixed_probs = probs * (1 - gated) + probs[perm] * gated
+            target = mixing.pseudo_label(mixed_probs, hp.mix_target_threshold, "soft", hp.soft_temperature)
         drawn = masks.flatten(1).amax(1) > 0
         rate = mixed.accepted.float().sum() / drawn.float().sum().clamp_min(1)
         mode: Literal["and", "replace"] = "and" if hp.mix_mode == "pos" else "replace"
@@ -229,7 +234,7 @@ class SemiMedRefModule(TextSegModule):
                 text.span_mix(t, texts[j], mode) if ok else t
                 for t, j, ok in zip(texts, perm.tolist(), mixed.accepted.tolist(), strict=True)
             ]
-        return mixed.image, mixed.target, texts, rate
+        return mixed.image, target, texts, rate
 
     def _spc(
         self, image: Tensor, target: Tensor, texts: list[str], gen: torch.Generator

@@ -1,0 +1,355 @@
+"""Tests of :class:`textseg.datamodule.TextSegDataModule` (batches, views, splits, ``split.json``, seeding)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor
+
+from textseg.datamodule import TextSegDataModule
+from textseg.datasets.io import read_image, read_mask
+from textseg.datasets.splits import select_labeled
+from textseg.errors import DataError
+from textseg.transforms import LABELED_KEYS, UNLABELED_KEYS
+
+SIZE = 64
+#: The fake trees of ``conftest.py`` have 16 train images.
+N_TRAIN = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread avoids oversubscription on the 2-core CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_dm(root: Path, dataset: str = "qata", **kwargs: Any) -> TextSegDataModule:
+    args: dict[str, Any] = {"labeled_ratio": 0.25, "image_size": SIZE, "batch_size": 2, "eval_batch_size": 4}
+    args.update(kwargs)
+    return TextSegDataModule(dataset=dataset, root=str(root), **args)  # type: ignore[arg-type]
+
+
+def first_train_batch(dm: TextSegDataModule) -> dict[str, dict[str, Any]]:
+    dm.setup("fit")
+    batch, _, _ = next(iter(dm.train_dataloader()))
+    return batch
+
+
+def train_epoch(dm: TextSegDataModule) -> list[dict[str, dict[str, Any]]]:
+    dm.setup("fit")
+    return [batch for batch, _, _ in dm.train_dataloader()]
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return (x - x.mean()) / x.std()
+
+
+def corr(a: Tensor, b: Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def gaussian_blur(x: Tensor, sigma: float, kernel: int = 7) -> Tensor:
+    """Independent separable Gaussian blur with reflect padding of a ``[1, H, W]`` image."""
+    half = kernel // 2
+    k = torch.exp(-0.5 * (torch.arange(-half, half + 1, dtype=torch.float64) / sigma) ** 2)
+    k = k / k.sum()
+    y = F.pad(x[None].double(), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1))
+    return F.conv2d(y, k.view(1, 1, -1, 1))[0]
+
+
+# ------------------------------------------------------------------------------------------------ batches
+def test_train_batch_keys_shapes_dtypes(qata_root: Path) -> None:
+    dm = make_dm(qata_root, zoom_prob=0.0)
+    batch = first_train_batch(dm)
+    assert set(batch) == {"labeled", "unlabeled"}
+    lab, unl = batch["labeled"], batch["unlabeled"]
+    assert set(lab) == set(LABELED_KEYS)
+    assert set(unl) == set(UNLABELED_KEYS)
+    for part, keys in ((lab, ("image", "mask")), (unl, ("image", "image_strong"))):
+        for key in keys:
+            assert part[key].shape == (2, 1, SIZE, SIZE)
+            assert part[key].dtype == torch.float32
+        assert part["position"].shape == (2, 6)
+        assert part["position"].dtype == torch.long
+        assert part["modality"].tolist() == [0, 0]
+        assert isinstance(part["text"], list) and all(isinstance(t, str) and t for t in part["text"])
+        assert isinstance(part["id"], list) and all(isinstance(i, str) for i in part["id"])
+    for img in (lab["image"], unl["image"], unl["image_strong"]):
+        assert img.mean(dim=(1, 2, 3)).abs().max() < 1e-4
+        assert (img.std(dim=(1, 2, 3)) - 1).abs().max() < 1e-2
+    assert set(lab["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert lab["mask"].sum() > 0
+
+
+def test_labeled_batch_matches_files_without_zoom(qata_root: Path) -> None:
+    """Without zoom the labeled sample is exactly the z-scored file, its mask and the record's text/position."""
+    dm = make_dm(qata_root, zoom_prob=0.0)
+    lab = first_train_batch(dm)["labeled"]
+    records = {r.id: r for r in dm.splits["labeled"]}
+    for i, rid in enumerate(lab["id"]):
+        rec = records[rid]
+        np.testing.assert_allclose(lab["image"][i, 0].numpy(), zscore(read_image(rec.image)), atol=1e-4)
+        np.testing.assert_array_equal(lab["mask"][i, 0].numpy(), read_mask(rec.mask).astype(np.float32))
+        assert lab["text"][i] == rec.text
+        assert tuple(lab["position"][i].tolist()) == rec.position
+
+
+def test_eval_loaders_are_plain_and_unaugmented(qata_root: Path) -> None:
+    dm = make_dm(qata_root, zoom_prob=1.0, zoom_min=1.5, zoom_max=1.5)
+    dm.setup("fit")
+    dm.setup("test")
+    for loader, split in ((dm.val_dataloader(), "val"), (dm.test_dataloader(), "test")):
+        batch = next(iter(loader))
+        assert set(batch) == set(LABELED_KEYS)
+        assert batch["image"].shape == (4, 1, SIZE, SIZE)
+        records = {r.id: r for r in dm.splits[split]}
+        assert [r.id for r in dm.splits[split]] == batch["id"]  # not shuffled
+        for i, rid in enumerate(batch["id"]):
+            np.testing.assert_allclose(batch["image"][i, 0].numpy(), zscore(read_image(records[rid].image)), atol=1e-4)
+            np.testing.assert_array_equal(batch["mask"][i, 0].numpy(), read_mask(records[rid].mask))
+
+
+def test_use_unlabeled_false_gives_one_pass_over_labeled(qata_root: Path) -> None:
+    dm = make_dm(qata_root, labeled_ratio=0.5, batch_size=4, use_unlabeled=False)
+    batches = train_epoch(dm)
+    assert all(set(b) == {"labeled"} for b in batches)
+    assert len(batches) == 2  # 8 labeled / batch 4
+    ids = [i for b in batches for i in b["labeled"]["id"]]
+    assert sorted(ids) == sorted(r.id for r in dm.splits["labeled"])  # every labeled image exactly once
+
+
+def test_semi_epoch_is_one_pass_over_unlabeled(qata_root: Path) -> None:
+    """An epoch is one pass over the 12 unlabeled images; labeled ids are drawn (with replacement) from the 4."""
+    dm = make_dm(qata_root, batch_size=2)
+    batches = train_epoch(dm)
+    assert len(batches) == 6
+    unl_ids = [i for b in batches for i in b["unlabeled"]["id"]]
+    lab_ids = [i for b in batches for i in b["labeled"]["id"]]
+    assert sorted(unl_ids) == sorted(r.id for r in dm.splits["unlabeled"])
+    assert len(lab_ids) == 12
+    assert set(lab_ids) <= {r.id for r in dm.splits["labeled"]}
+
+
+# ------------------------------------------------------------------------------------------ weak / strong
+def test_strong_view_equals_weak_without_photometric_ops(qata_root: Path) -> None:
+    dm = make_dm(qata_root, zoom_prob=1.0, zoom_min=1.5, zoom_max=1.5, strong_jitter_prob=0.0, strong_blur_prob=0.0)
+    unl = first_train_batch(dm)["unlabeled"]
+    torch.testing.assert_close(unl["image_strong"], unl["image"], rtol=0, atol=1e-5)  # float rounding only
+    # The zoom did happen: the weak view is not the unzoomed file.
+    records = {r.id: r for r in dm.splits["unlabeled"]}
+    raw = torch.from_numpy(zscore(read_image(records[unl["id"][0]].image)))
+    assert corr(unl["image"][0, 0], raw) < 0.9
+
+
+def test_strong_view_is_a_blur_of_the_zoomed_weak_view(qata_root: Path) -> None:
+    """With zoom always on and blur only, strong = zscore(blur_sigma(weak)) for one sigma in [0.1, 2]."""
+    dm = make_dm(
+        qata_root,
+        seed=2,  # draws sigmas 1.06, 1.12, 0.96, 0.29 for the first batch
+        batch_size=4,
+        zoom_prob=1.0,
+        zoom_min=1.1,
+        zoom_max=1.6,
+        strong_jitter_prob=0.0,
+        strong_blur_prob=1.0,
+    )
+    unl = first_train_batch(dm)["unlabeled"]
+    weak, strong = unl["image"], unl["image_strong"]
+    sigmas = np.linspace(0.1, 2.0, 96)
+    # The blur really changed the images (a sigma near 0.1 would be almost the identity).
+    assert sum(corr(strong[i], weak[i]) < 0.95 for i in range(4)) >= 2
+    for i in range(weak.shape[0]):
+        same = max(corr(strong[i], gaussian_blur(weak[i], s)) for s in sigmas)
+        other = max(corr(strong[i], gaussian_blur(weak[(i + 1) % 4], s)) for s in sigmas)
+        assert same > 0.999, (i, same)
+        assert other < 0.5, (i, other)
+        assert corr(strong[i], weak[i]) > 0.5 > abs(corr(strong[i], weak[(i + 1) % 4]))
+
+
+def test_legacy_clamp_strong_view_is_clipped(qata_root: Path) -> None:
+    """``legacy_clamp`` jitters after the z-score, so the strong view lies in [0, 1] (the public-code clamp)."""
+    dm = make_dm(qata_root, zoom_prob=0.0, legacy_clamp=True, strong_jitter_prob=1.0, strong_blur_prob=0.0)
+    unl = first_train_batch(dm)["unlabeled"]
+    assert unl["image_strong"].min() >= 0 and unl["image_strong"].max() <= 1
+    assert unl["image"].min() < -1  # the weak view is z-scored as usual
+
+
+# --------------------------------------------------------------------------------------------- splits
+@pytest.mark.parametrize(("dataset", "ratio", "n_labeled"), [("qata", 0.25, 4), ("qata", 0.3, 5), ("mosmed", 0.3, 4)])
+def test_labeled_subset_follows_select_labeled(
+    qata_root: Path, mosmed_root: Path, dataset: str, ratio: float, n_labeled: int
+) -> None:
+    """QaTa rounds 16 * 0.3 = 4.8 to 5, MosMed floors it to 4 (``data.md`` §6)."""
+    root = qata_root if dataset == "qata" else mosmed_root
+    dm = make_dm(root, dataset, labeled_ratio=ratio)
+    dm.setup("fit")
+    assert dm.data is not None
+    labeled, unlabeled = dm.splits["labeled"], dm.splits["unlabeled"]
+    assert (len(labeled), len(unlabeled)) == (n_labeled, N_TRAIN - n_labeled)
+    keys = select_labeled(dm.data.split_names(), ratio, 42, dm.data.rounding)
+    assert {r.key for r in labeled} == set(keys)
+    train = dm.data.records("train")
+    assert [r.id for r in labeled] == [r.id for r in train if r.key in set(keys)]  # original order
+
+
+def test_ratio_one_uses_the_full_train_split_twice(qata_root: Path) -> None:
+    dm = make_dm(qata_root, labeled_ratio=1.0)
+    dm.setup("fit")
+    assert dm.data is not None
+    train_ids = [r.id for r in dm.data.records("train")]
+    assert [r.id for r in dm.splits["labeled"]] == train_ids
+    assert [r.id for r in dm.splits["unlabeled"]] == train_ids
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [({"labeled_ratio": 0}, "0"), ({"labeled_ratio": 1.5}, "1.5")])
+def test_bad_ratio_raises_at_construction(qata_root: Path, kwargs: dict[str, Any], named: str) -> None:
+    with pytest.raises(DataError, match=r"labeled_ratio.*" + named.replace(".", r"\.")):
+        make_dm(qata_root, **kwargs)
+
+
+def test_bad_image_size_raises(qata_root: Path) -> None:
+    with pytest.raises(DataError, match=r"image_size.*50"):
+        make_dm(qata_root, image_size=50)
+
+
+def test_split_json_written_on_fit_setup(qata_root: Path, tmp_path: Path) -> None:
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path),
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    dm = make_dm(qata_root, labeled_ratio=0.25)
+    dm.trainer = trainer
+    dm.setup("fit")
+    assert trainer.log_dir is not None
+    path = Path(trainer.log_dir) / "split.json"
+    split = json.loads(path.read_text())
+    assert dm.data is not None
+    train_ids = {r.id for r in dm.data.records("train")}
+    labeled, unlabeled = set(split["labeled"]), set(split["unlabeled"])
+    assert len(split["labeled"]) == len(labeled) == 4 and len(unlabeled) == 12
+    assert not labeled & unlabeled
+    assert labeled | unlabeled == train_ids
+    assert split["labeled"] == [r.id for r in dm.splits["labeled"]]
+    assert split["val"] == [r.id for r in dm.data.records("val")]
+    assert (split["dataset"], split["labeled_ratio"], split["seed"], split["layout"]) == ("qata", 0.25, 42, "sgseg")
+    # A test-only setup does not write a split.
+    path.unlink()
+    dm.setup("test")
+    assert not path.exists()
+
+
+# ------------------------------------------------------------------------------------ modality, seeding
+def test_mosmed_modality_is_ct(mosmed_root: Path) -> None:
+    batch = first_train_batch(make_dm(mosmed_root, "mosmed"))
+    assert batch["labeled"]["modality"].tolist() == [1, 1]
+    assert batch["unlabeled"]["modality"].tolist() == [1, 1]
+
+
+def _flat(batch: dict[str, dict[str, Any]]) -> tuple[list[str], Tensor]:
+    ids = batch["labeled"]["id"] + batch["unlabeled"]["id"]
+    images = torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"], batch["unlabeled"]["image_strong"]])
+    return ids, images
+
+
+def test_sampling_and_augmentation_are_seeded(qata_root: Path) -> None:
+    """Same seed -> the same first batch whatever the global RNG state; another seed -> a different one."""
+    kwargs: dict[str, Any] = {"zoom_prob": 0.5, "strong_jitter_prob": 0.8, "strong_blur_prob": 0.5}
+    torch.manual_seed(0)
+    ids_a, img_a = _flat(first_train_batch(make_dm(qata_root, seed=42, **kwargs)))
+    torch.manual_seed(123)
+    np.random.seed(123)  # noqa: NPY002 -- disturb the legacy global stream on purpose
+    ids_b, img_b = _flat(first_train_batch(make_dm(qata_root, seed=42, **kwargs)))
+    assert ids_a == ids_b
+    torch.testing.assert_close(img_a, img_b, rtol=0, atol=0)
+    ids_c, img_c = _flat(first_train_batch(make_dm(qata_root, seed=7, **kwargs)))
+    assert ids_c != ids_a
+    assert not torch.equal(img_c, img_a)
+
+
+def test_augmentation_stream_depends_on_seed_only(qata_root: Path) -> None:
+    """With labeled ratio 1 the split is seed-independent; the augmentation of one image still follows the seed."""
+    kwargs: dict[str, Any] = {
+        "labeled_ratio": 1.0,
+        "zoom_prob": 1.0,
+        "zoom_min": 1.0,
+        "zoom_max": 1.6,
+        "use_unlabeled": False,
+    }
+    views: dict[int, dict[str, Tensor]] = {}
+    for seed in (3, 3, 4):
+        batches = train_epoch(make_dm(qata_root, seed=seed, **kwargs))
+        seen = {i: b["labeled"]["image"][k] for b in batches for k, i in enumerate(b["labeled"]["id"])}
+        if seed in views:
+            assert all(torch.equal(seen[i], views[seed][i]) for i in seen)
+        views.setdefault(seed, seen)
+    # Two epochs of one loader draw different zooms of the same image.
+    dm = make_dm(qata_root, seed=3, **kwargs)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    epochs = [
+        {i: b["labeled"]["image"][k] for b, _, _ in loader for k, i in enumerate(b["labeled"]["id"])} for _ in range(2)
+    ]
+    assert all(torch.equal(epochs[0][i], views[3][i]) for i in epochs[0])
+    assert sum(not torch.allclose(epochs[0][i], epochs[1][i], atol=1e-4) for i in epochs[0]) >= N_TRAIN // 2
+    changed = sum(not torch.allclose(views[3][i], views[4][i], atol=1e-4) for i in views[3])
+    assert changed >= len(views[3]) // 2
+
+
+# ------------------------------------------------------------------------------------------ synthetic
+def test_synthetic_dataset_generated_when_missing(tmp_path: Path) -> None:
+    root = tmp_path / "synthetic"
+    assert not root.exists()
+    dm = TextSegDataModule(
+        dataset="synthetic",
+        root=str(root),
+        labeled_ratio=0.5,
+        image_size=SIZE,
+        batch_size=2,
+        eval_batch_size=2,
+        synthetic_train=8,
+        synthetic_val=2,
+        synthetic_test=2,
+        synthetic_image_size=SIZE,
+    )
+    dm.prepare_data()
+    assert root.is_dir()
+    dm.setup("fit")
+    dm.setup("test")
+    assert dm.data is not None
+    assert [len(dm.data.records(s)) for s in ("train", "val", "test")] == [8, 2, 2]
+    assert (len(dm.splits["labeled"]), len(dm.splits["unlabeled"])) == (4, 4)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape == (2, 1, SIZE, SIZE)
+    assert batch["modality"].tolist() == [0, 0]
+    # A second datamodule reads the existing tree instead of regenerating it.
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*.png")}
+    again = TextSegDataModule(
+        dataset="synthetic",
+        root=str(root),
+        image_size=SIZE,
+        synthetic_train=8,
+        synthetic_val=2,
+        synthetic_test=2,
+        synthetic_image_size=SIZE,
+    )
+    again.prepare_data()
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.png")} == mtimes
