@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from fakedata import make_mosmed_tree, make_qata_tree
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,3 +30,12 @@ def mosmed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mosmed")
     make_mosmed_tree(root, "kaggle", n_train=16, n_val=4, n_test=4, size=64, seed=2)
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> Iterator[None]:
+    """Tiny networks: one intra-op thread avoids oversubscription on the 2-core CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

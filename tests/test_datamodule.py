@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,6 @@ from textseg.transforms import LABELED_KEYS, UNLABELED_KEYS
 SIZE = 64
 #: The fake trees of ``conftest.py`` have 16 train images.
 N_TRAIN = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids oversubscription on the 2-core CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_dm(root: Path, dataset: str = "qata", **kwargs: Any) -> TextSegDataModule:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +50,6 @@ SWITCHES = (
 )
 CAPTION = "Bilateral pulmonary infection, two infected areas, lower left lung and middle right lung."
 OTHER_CAPTION = "Unilateral pulmonary infection, one infected area, upper right lung."
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny networks: one intra-op thread is ~30x faster than two contending ones on the 2-core CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_dm(root: Path, **kwargs: Any) -> TextSegDataModule:

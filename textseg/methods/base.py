@@ -118,12 +118,10 @@ class TextSegModule(LightningModule):
         self.log(f"{prefix}loss", loss, batch_size=len(batch["text"]), sync_dist=True)
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """Evaluate one validation batch."""
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:  # noqa: D102
         return self._evaluate(batch, "val_")
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """Evaluate one test batch."""
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:  # noqa: D102
         return self._evaluate(batch, "test_")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
