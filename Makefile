@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.textseg-installed
 
-.PHONY: demo test test-all lint clean
+.PHONY: demo demo-textmoe test test-all lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 ## demo: train and test Semi-MedRef (MMI-UNet) on the embedded synthetic referring dataset (CPU, minutes)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/textseg fit --config configs/demo_semimedref.yaml
+
+## demo-textmoe: train and test TextMoE on composite synthetic data (X-ray-like + CT-like; CPU, minutes)
+demo-textmoe: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/textseg fit --config configs/demo_textmoe.yaml
 
 ## test: the default test suite (what CI runs)
 test: $(STAMP)
@@ -34,4 +38,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf runs data/synthetic .pytest_cache .mypy_cache .ruff_cache
+	rm -rf runs data/synthetic data/synthetic_ct .pytest_cache .mypy_cache .ruff_cache

@@ -27,7 +27,12 @@ from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule
 from textseg.metrics import binarize_logits, segmentation_metrics
 
 
-def datamodule(args: argparse.Namespace, semi: bool) -> TextSegDataModule:
+def datamodule(args: argparse.Namespace) -> TextSegDataModule:
+    """Both methods see the same labeled stream and the same number of optimizer steps per epoch.
+
+    The supervised baseline gets the unlabeled loader too (and ignores it), so that its epoch is as many steps as
+    Semi-MedRef's: a fair "same labels, same training budget" comparison.
+    """
     return TextSegDataModule(
         dataset="synthetic",
         root=args.root,
@@ -36,7 +41,7 @@ def datamodule(args: argparse.Namespace, semi: bool) -> TextSegDataModule:
         batch_size=args.batch_size,
         eval_batch_size=32,
         seed=args.seed,
-        use_unlabeled=semi,
+        use_unlabeled=True,
         synthetic_train=args.n_train,
     )
 
@@ -97,11 +102,11 @@ def main() -> None:
     burn_in = max(1, args.epochs // 5)
     semi_kwargs = {"burn_in_epochs": burn_in, "lambda_u_ramp_epochs": burn_in, "ema_ramp_epochs": 2 * burn_in,
                    "mix_prob": 0.5, "mix_block": 8}  # fmt: skip
-    sup, sup_metrics = train("supervised", SupervisedModule(**model_kwargs(args)), datamodule(args, False), args)
+    sup, sup_metrics = train("supervised", SupervisedModule(**model_kwargs(args)), datamodule(args), args)
     semi, semi_metrics = train(
-        "semimedref", SemiMedRefModule(**model_kwargs(args), **semi_kwargs), datamodule(args, True), args
+        "semimedref", SemiMedRefModule(**model_kwargs(args), **semi_kwargs), datamodule(args), args
     )
-    dm = datamodule(args, True)
+    dm = datamodule(args)
     dm.setup("test")
     semi_shuffled = shuffled_text_dice(semi, dm)
     sup_shuffled = shuffled_text_dice(sup, dm)

@@ -21,11 +21,15 @@ FB_22K = "pretrained/convnext_tiny_22k_224.pth"
 
 
 def trainer(name: str, monitor: str = "val_dice", patience: int = 30) -> dict[str, Any]:
-    """Real-data trainer: 20-100 epochs, best checkpoint on val Dice, early stopping (``methods.md`` §7)."""
+    """Real-data trainer: 20-100 epochs, best checkpoint on val Dice, early stopping (``methods.md`` §7).
+
+    bf16 mixed precision (with channels-last networks, see ``encoders``) is the default for GPU runs; pass
+    ``--trainer.precision 32-true`` to reproduce the references' fp32 exactly.
+    """
     return {
         "accelerator": "auto",
         "devices": 1,
-        "precision": "32-true",
+        "precision": "bf16-mixed",
         "min_epochs": 20,
         "max_epochs": 100,
         "log_every_n_steps": 20,
@@ -63,10 +67,16 @@ def data(dataset: str, ratio: float, semi: bool) -> dict[str, Any]:
 
 
 def encoders(backbone: str) -> dict[str, Any]:
-    """Pretrained weights as the references use them (hub ids or local paths the user provides)."""
+    """Pretrained weights as the references use them (hub ids or local paths the user provides), channels-last."""
     if backbone == "mmiunet":
-        return {"vision_encoder": "convnext-tiny", "vision_checkpoint": FB_22K, "text_encoder": CXR_BERT}
-    return {"vision_encoder": HF_CONVNEXT, "text_encoder": CXR_BERT}
+        return {
+            "vision_encoder": "convnext-tiny",
+            "vision_checkpoint": FB_22K,
+            "text_encoder": CXR_BERT,
+            "channels_last": True,
+        }
+    # GuideDecoder and TextMoE: HF ConvNeXt-T (ImageNet-1k) + CXR-BERT (methods.md §1.1, §4).
+    return {"vision_encoder": HF_CONVNEXT, "text_encoder": CXR_BERT, "channels_last": True}
 
 
 def supervised(backbone: str, dataset: str, ratio: float) -> dict[str, Any]:
@@ -146,6 +156,57 @@ TABLE3 = {
 }
 
 
+TEXTMOE_PAPER = {
+    "expert": "tmoe",
+    "num_experts": 2,
+    "use_teacher": True,
+    "pretrain_epochs": 0,
+    "lambda_u": 1.0,
+    "pseudo_threshold": 0.5,
+    "ema_max": 0.99,
+    "exchange_mode": "amplitude",
+    "exchange_beta": 0.05,
+    "lambda_diff": 0.1,
+    "diff_mode": "squared_cosine",
+}
+# TextMoE paper Table 2 (composite QaTa + MosMed): component rows, in order.
+TEXTMOE_TABLE2 = {
+    "sup_only": {"use_teacher": False, "exchange_mode": "none", "lambda_diff": 0.0},
+    "plain_moe": {"expert": "plain", "exchange_mode": "none", "lambda_diff": 0.0},
+    "tmoe": {"exchange_mode": "none", "lambda_diff": 0.0},
+    "cr": {"lambda_diff": 0.0},
+    "diff": {},
+}
+
+
+def textmoe(ratio: float, name: str, **over: Any) -> dict[str, Any]:
+    """TextMoE on composite QaTa + MosMed (``methods.md`` §5): 32 mixed images per step in the labeled share."""
+    args = {"backbone": "textmoe", **encoders("textmoe"), "lr": 3e-4, "lr_t_max": 200, **TEXTMOE_PAPER, **over}
+    labeled = max(1, round(32 * ratio))
+    semi = bool(args["use_teacher"])
+    return {
+        "seed_everything": 42,
+        "trainer": {**trainer(name), "max_epochs": 200},
+        "model": {"class_path": "textseg.TextMoEModule", "init_args": args},
+        "data": {
+            "dataset": ["qata", "mosmed"],
+            "root": [ROOTS["qata"], ROOTS["mosmed"]],
+            "labeled_ratio": ratio,
+            "oversample": None,
+            "image_size": 224,
+            "batch_size": labeled,
+            "unlabeled_batch_size": 32 - labeled,
+            "eval_batch_size": 8,
+            "num_workers": 8,
+            "seed": 42,
+            "use_unlabeled": semi,
+        },
+    }
+
+
+DEMO_CLASSES = {"semimedref": "SemiMedRefModule", "supervised": "SupervisedModule", "textmoe": "TextMoEModule"}
+
+
 def demo(method: str) -> dict[str, Any]:
     """The synthetic demo: tiny MMI-UNet, packaged MiniLM text encoder, 64 px, CPU, a few minutes."""
     model: dict[str, Any] = {
@@ -156,6 +217,9 @@ def demo(method: str) -> dict[str, Any]:
         "lr": 2e-3,
         "min_lr": 1e-5,
     }
+    if method == "textmoe":  # two stages (2 labeled-only epochs), as the code: a cold teacher can collapse runs
+        model = {k: v for k, v in model.items() if k != "project_dim"}
+        model.update(TEXTMOE_PAPER, backbone="textmoe", pretrain_epochs=2)
     if method == "semimedref":
         model.update(
             burn_in_epochs=2,
@@ -165,7 +229,7 @@ def demo(method: str) -> dict[str, Any]:
             mix_prob=0.5,
             mix_block=8,
         )
-    return {
+    config: dict[str, Any] = {
         "seed_everything": 42,
         "test_after_fit": True,
         "trainer": {
@@ -185,7 +249,7 @@ def demo(method: str) -> dict[str, Any]:
             ],
         },
         "model": {
-            "class_path": f"textseg.{'SemiMedRefModule' if method == 'semimedref' else 'SupervisedModule'}",
+            "class_path": f"textseg.{DEMO_CLASSES[method]}",
             "init_args": model,
         },
         "data": {
@@ -197,9 +261,17 @@ def demo(method: str) -> dict[str, Any]:
             "eval_batch_size": 16,
             "num_workers": 0,
             "seed": 42,
-            "use_unlabeled": method == "semimedref",
+            "use_unlabeled": method != "supervised",
         },
     }
+    if method == "textmoe":
+        config["data"].update(
+            dataset=["synthetic", "synthetic_ct"],
+            root=["data/synthetic", "data/synthetic_ct"],
+            batch_size=4,
+            unlabeled_batch_size=12,
+        )
+    return config
 
 
 def all_configs() -> dict[str, dict[str, Any]]:
@@ -207,6 +279,8 @@ def all_configs() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {
         "demo_semimedref.yaml": demo("semimedref"),
         "demo_supervised.yaml": demo("supervised"),
+        "demo_textmoe.yaml": demo("textmoe"),
+        "textmoe_composite.yaml": textmoe(0.25, "textmoe_composite"),
         "semimedref_mmiunet.yaml": semimedref("mmiunet", "qata", 0.02, name="semimedref_mmiunet"),
         "semimedref_guidedecoder.yaml": semimedref("guidedecoder", "qata", 0.02, name="semimedref_guidedecoder"),
     }
@@ -218,6 +292,12 @@ def all_configs() -> dict[str, dict[str, Any]]:
         for ratio in (0.01, 0.02, 0.05, 0.15, 1.0):
             for backbone in ("mmiunet", "guidedecoder"):
                 out[f"semimedref/{backbone}_{dataset}_{RATIO_TAGS[ratio]}.yaml"] = semimedref(backbone, dataset, ratio)
+    for ratio in (0.25, 0.5):
+        tag = RATIO_TAGS[ratio]
+        out[f"textmoe/composite_{tag}.yaml"] = textmoe(ratio, f"textmoe_composite_{tag}")
+        for row, over in TEXTMOE_TABLE2.items():
+            name = f"ablation_textmoe_table2_{row}_{tag}"
+            out[f"ablations/textmoe_table2_{row}_composite_{tag}.yaml"] = textmoe(ratio, name, **over)
     for table, rows in (("table2", TABLE2), ("table3", TABLE3)):
         for row, over in rows.items():
             for ratio in (0.01, 0.02):

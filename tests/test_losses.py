@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from textseg.errors import DataError
-from textseg.losses import build_seg_loss, clip_loss, itcl_loss, position_affinity
+from textseg.losses import build_seg_loss, clip_loss, differential_loss, itcl_loss, position_affinity
 
 # ---------- segmentation
 
@@ -155,3 +155,93 @@ def test_itcl_fp32_autocast_grad_and_errors() -> None:
         itcl_loss(v, u, q[:3])
     with pytest.raises(DataError, match="temperature"):
         clip_loss(v, u, temperature=0.0)
+
+
+# ---------- TextMoE differential loss (Eq. 8)
+
+
+def _orthogonal_pair(b: int, c: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """``[B, 2, C, H, W]`` with expert 1 Gram-Schmidt-orthogonalised against expert 0 per sample."""
+    g = torch.Generator().manual_seed(seed)
+    e0 = torch.randn(b, c * h * w, generator=g, dtype=torch.float64)
+    e1 = torch.randn(b, c * h * w, generator=g, dtype=torch.float64)
+    e1 = e1 - (e1 * e0).sum(1, keepdim=True) / (e0 * e0).sum(1, keepdim=True) * e0
+    return torch.stack([e0, e1], dim=1).view(b, 2, c, h, w)
+
+
+def test_differential_loss_golden_extremes() -> None:
+    ortho = _orthogonal_pair(3, 2, 4, 5, seed=0)
+    assert differential_loss([ortho]).item() == pytest.approx(0.0, abs=1e-12)
+    g = torch.Generator().manual_seed(1)
+    e = torch.randn(3, 1, 2, 4, 5, generator=g)
+    same = torch.cat([e, e], dim=1)
+    opposite = torch.cat([e, -e], dim=1)
+    scaled = torch.cat([e, 3.0 * e], dim=1)
+    assert differential_loss([same]).item() == pytest.approx(1.0, abs=1e-6)
+    assert differential_loss([opposite]).item() == pytest.approx(1.0, abs=1e-6)
+    assert differential_loss([scaled]).item() == pytest.approx(1.0, abs=1e-6)
+    assert differential_loss([same], mode="raw_cosine_width").item() == pytest.approx(1.0, abs=1e-6)
+    assert differential_loss([opposite], mode="raw_cosine_width").item() == pytest.approx(-1.0, abs=1e-6)
+    # Mean over layers: identical, orthogonal and opposite layers average to 2/3.
+    layers = [same, ortho.float(), opposite]
+    assert differential_loss(layers).item() == pytest.approx(2.0 / 3.0, abs=1e-6)
+    # An all-zero expert has cosine 0 (eps floor), not NaN.
+    zero = torch.cat([e, torch.zeros_like(e)], dim=1)
+    assert differential_loss([zero]).item() == 0.0
+    assert differential_loss([zero], mode="raw_cosine_width").item() == 0.0
+
+
+def test_differential_loss_hand_case() -> None:
+    # Layer 1: B = 2, E = 2, C = H = 1, W = 3.
+    layer1 = torch.tensor([[[1.0, 2.0, 2.0], [2.0, 0.0, 1.0]], [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]]).view(2, 2, 1, 1, 3)
+    cos_a = 4.0 / (3.0 * math.sqrt(5.0))  # 4 / (3 * sqrt 5)
+    cos_b = 1.0 / math.sqrt(2.0)
+    # Layer 2: B = 1, E = 3, W = 2: pairs (0, 1) -> 0, (0, 2) -> 1/2, (1, 2) -> 1/2 after squaring.
+    layer2 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]).view(1, 3, 1, 1, 2)
+    squared = ((cos_a**2 + cos_b**2) / 2 + (0.0 + 0.5 + 0.5) / 3) / 2
+    assert squared == pytest.approx(0.38055556, abs=1e-8)  # (16/45 + 1/2) / 4 + 1/6
+    assert differential_loss([layer1, layer2]).item() == pytest.approx(squared, abs=1e-7)
+    # The public code's variant: raw cosine, experts 0 and 1 only, along W.
+    raw = ((cos_a + cos_b) / 2 + 0.0) / 2
+    assert differential_loss([layer1, layer2], mode="raw_cosine_width").item() == pytest.approx(raw, abs=1e-7)
+    # Along W differs from the flattened cosine: rows [1, 0] . [1, 0] -> 1 and [0, 1] . [1, 0] -> 0.
+    rows = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]]).view(1, 2, 1, 2, 2)
+    assert differential_loss([rows], mode="raw_cosine_width").item() == pytest.approx(0.5, abs=1e-7)
+    assert differential_loss([rows]).item() == pytest.approx(0.25, abs=1e-7)  # (1 / 2)^2
+
+
+def test_differential_loss_random_case_matches_formula() -> None:
+    g = torch.Generator().manual_seed(5)
+    layers = [torch.randn(2, 2, 3, 4, 4, generator=g), torch.randn(2, 2, 2, 2, 8, generator=g)]
+    expected = []
+    for feat in layers:
+        vals = []
+        for b in range(feat.shape[0]):
+            a, c = feat[b, 0].flatten().tolist(), feat[b, 1].flatten().tolist()
+            dot = sum(x * y for x, y in zip(a, c, strict=True))
+            vals.append((dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in c)))) ** 2)
+        expected.append(sum(vals) / len(vals))
+    assert differential_loss(layers).item() == pytest.approx(sum(expected) / 2, rel=1e-5)
+
+
+def test_differential_loss_fp32_autocast_grad_and_errors() -> None:
+    g = torch.Generator().manual_seed(3)
+    feat = torch.randn(2, 2, 3, 4, 4, generator=g).requires_grad_(True)
+    ref = differential_loss([feat]).item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = differential_loss([feat.to(torch.bfloat16)])
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert loss.item() == pytest.approx(ref, abs=2e-2)
+    loss.backward()
+    assert feat.grad is not None and feat.grad.abs().sum() > 0
+    assert differential_loss([feat.double()]).dtype == torch.float64
+    with pytest.raises(DataError, match="empty"):
+        differential_loss([])
+    with pytest.raises(DataError, match="at least 2"):
+        differential_loss([feat[:, :1]])
+    with pytest.raises(DataError, match="B, E, C, H, W"):
+        differential_loss([feat[:, 0]])
+    with pytest.raises(DataError, match="floating"):
+        differential_loss([feat.long()])
+    with pytest.raises(DataError, match="mode"):
+        differential_loss([feat], mode="cosine")  # type: ignore[arg-type]

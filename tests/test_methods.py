@@ -477,3 +477,38 @@ def test_pos_mix_allowed_when_partner_has_no_phrase() -> None:
     )
     assert masks[0].sum() == 16 * 16  # i names "lower left", j names nothing: allowed
     assert masks[1].sum() == 0  # i has no phrase: never
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_non_finite_loss_is_caught(qata_root: Path, tmp_path: Path, mode: str) -> None:
+    from textseg.guards import NonFiniteLossError
+
+    class Poisoned(SupervisedModule):
+        def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+            batch["labeled"]["image"] = batch["labeled"]["image"] * float("nan")
+            return super().training_step(batch, batch_idx)
+
+    module = Poisoned(nonfinite=mode, **SMALL)
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    dm = make_dm(qata_root, use_unlabeled=False)
+    if mode == "stop":
+        with pytest.raises(NonFiniteLossError, match=r"train_loss_sup=nan.*gradients of \[net\."):
+            trainer.fit(module, datamodule=dm)
+        return
+    trainer.fit(module, datamodule=dm)
+    after = module.net.state_dict()
+    for name, value in before.items():
+        if value.is_floating_point() and "running" not in name:
+            torch.testing.assert_close(after[name], value, msg=f"{name} changed although every step was skipped")
+    assert float(trainer.callback_metrics["train_skipped_steps"]) == 2.0

@@ -4,7 +4,8 @@ The public entry points are imported lazily so that ``import textseg`` stays che
 
 * :class:`textseg.TextSegDataModule` -- the shared LightningDataModule;
 * :class:`textseg.SupervisedModule` -- the labeled-only baseline;
-* :class:`textseg.SemiMedRefModule` -- Semi-MedRef (Li et al., 2026).
+* :class:`textseg.SemiMedRefModule` -- Semi-MedRef (Li et al., 2026);
+* :class:`textseg.TextMoEModule` -- TextMoE (Zeng et al., MICCAI 2025).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _LAZY = {
     "TextSegModule": "textseg.methods.base",
     "SupervisedModule": "textseg.methods.supervised",
     "SemiMedRefModule": "textseg.methods.semimedref",
+    "TextMoEModule": "textseg.methods.textmoe",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -1,46 +1,88 @@
-"""The ``textseg`` command: Lightning's CLI with ``fit``, ``validate``, ``test`` and ``predict``.
+"""The ``textseg`` command: Lightning's CLI (``fit``, ``validate``, ``test``, ``predict``) plus the workflow tools.
 
 Examples:
     textseg fit --config configs/semimedref_mmiunet.yaml
+    textseg fit --config configs/demo_semimedref.yaml --config configs/logger/wandb.yaml --seed 43
     textseg test --config configs/semimedref_mmiunet.yaml --ckpt_path runs/.../best.ckpt
+    textseg predict --config configs/demo_semimedref.yaml --ckpt_path runs/.../best.ckpt \
+        --trainer.callbacks+=textseg.callbacks.MaskWriter --trainer.callbacks.output_dir predictions
+    textseg data check /data/QaTa-COV19
+    textseg report runs/ --out report/
+    textseg grid configs/sweeps/semimedref_ratios.yaml --dry-run
+
+``data``, ``report`` and ``grid`` are plain argparse commands (:mod:`textseg.datacli`, :mod:`textseg.report`,
+:mod:`textseg.grid`) dispatched before LightningCLI, without importing Lightning. The Lightning subcommands run
+:class:`~textseg.lightningcli.TextSegCLI`: every one also accepts ``--seed`` (one seed for ``seed_everything``,
+``data.seed`` and the method's ``aug_seed``) and ``--run_dir`` (write the run into exactly this folder), and ``fit``
+always writes ``run_card.json`` (:class:`~textseg.callbacks.RunCardCallback`).
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+#: Names served lazily from :mod:`textseg.lightningcli` (importing Lightning only when needed).
+_LAZY = ("TextSegCLI", "SemiMedRefModule", "SupervisedModule", "TextSegModule")
 
-from textseg.datamodule import TextSegDataModule
-from textseg.methods import SemiMedRefModule, SupervisedModule, TextSegModule
-
-__all__ = ["SemiMedRefModule", "SupervisedModule", "TextSegCLI", "main"]
+__all__ = ["EXTRA_COMMANDS", "main", *_LAZY]
 
 
-class TextSegCLI(LightningCLI):
-    """LightningCLI with ``--test_after_fit``: test the best checkpoint right after ``fit``."""
+def __getattr__(name: str) -> Any:
+    """Import the Lightning CLI classes on first access."""
+    if name in _LAZY:
+        return getattr(importlib.import_module("textseg.lightningcli"), name)
+    raise AttributeError(f"module 'textseg.cli' has no attribute {name!r}")
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add ``--test_after_fit`` (bool) to ``fit``."""
-        parser.add_argument("--test_after_fit", type=bool, default=False, help="Run `test` on the best checkpoint.")
 
-    def after_fit(self) -> None:
-        """Test the best (or last) checkpoint when ``--test_after_fit`` is set."""
-        if self.config.get("fit", {}).get("test_after_fit"):
-            callback = self.trainer.checkpoint_callback
-            ckpt = "best" if getattr(callback, "best_model_path", None) else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+def _run_data(argv: Sequence[str]) -> int:
+    from textseg.datacli import main as data_main
+
+    return data_main(argv)
+
+
+def _run_report(argv: Sequence[str]) -> int:
+    from textseg.report import main as report_main
+
+    return report_main(argv)
+
+
+def _run_grid(argv: Sequence[str]) -> int:
+    from textseg.grid import main as grid_main
+
+    return grid_main(argv)
+
+
+#: Commands handled before LightningCLI: name -> handler(argv) returning the exit code.
+EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "data": _run_data,
+    "report": _run_report,
+    "grid": _run_grid,
+}
 
 
 def main(args: Any = None) -> None:
-    """Entry point of the ``textseg`` console script and ``python -m textseg``."""
-    TextSegCLI(
-        TextSegModule,
-        TextSegDataModule,
-        subclass_mode_model=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    """Entry point of the ``textseg`` console script and ``python -m textseg``.
+
+    Args:
+        args: Command-line arguments (default ``sys.argv[1:]``); a list starting with ``data``, ``report`` or
+            ``grid`` runs that workflow command, anything else goes to LightningCLI (which also accepts a dict).
+
+    Raises:
+        SystemExit: With the exit code of a workflow command that failed (LightningCLI exits on its own errors).
+    """
+    argv = list(sys.argv[1:]) if args is None else args
+    if isinstance(argv, (list, tuple)) and argv and argv[0] in EXTRA_COMMANDS:
+        code = EXTRA_COMMANDS[argv[0]]([str(a) for a in argv[1:]])
+        if code:
+            raise SystemExit(code)
+        return
+    from textseg.lightningcli import run_lightning_cli
+
+    command = ["textseg", *map(str, argv)] if isinstance(argv, (list, tuple)) else None
+    run_lightning_cli(args, command)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """The one LightningDataModule of textseg: labeled + unlabeled paired image-text batches.
 
+One dataset (QaTa-COV19, MosMedData+, or a synthetic stand-in) or several at once (TextMoE's composite X-ray + CT
+data, Zeng et al. 2025): every sample carries its ``modality`` and ``dataset`` name, the label ratio is applied to each
+dataset separately, the smaller training sets are over-sampled, and validation/test metrics are reported per dataset.
+
 Training batches are dicts ``{"labeled": {...}, "unlabeled": {...}}`` built by Lightning's
 :class:`~lightning.pytorch.utilities.combined_loader.CombinedLoader` in ``max_size_cycle`` mode; the sample keys are
 documented once in :mod:`textseg.transforms`. Validation and test batches are plain labeled dicts.
@@ -27,15 +31,21 @@ from textseg.datasets.base import Record, SegDataset, Split
 from textseg.errors import DataError
 from textseg.transforms import build_transform
 
+#: Dataset names accepted by ``TextSegDataModule(dataset=...)``.
+DatasetName = Literal["qata", "mosmed", "synthetic", "synthetic_ct"]
+
 
 class TextSegDataModule(LightningDataModule):
     """Paired image-text data for QaTa-COV19, MosMedData+ or the synthetic referring dataset.
 
     Args:
-        dataset: ``"qata"``, ``"mosmed"`` or ``"synthetic"``.
-        root: Dataset root; the layout is detected (``textseg.datasets``). For ``"synthetic"`` the dataset is
+        dataset: ``"qata"``, ``"mosmed"``, ``"synthetic"`` (X-ray-like) or ``"synthetic_ct"`` (CT-like), or a list of
+            them for composite training (TextMoE: ``[qata, mosmed]``).
+        root: Dataset root (one per dataset); the layout is detected (``textseg.datasets``). Synthetic datasets are
             generated there when the folder does not exist.
-        labeled_ratio: Share of the train split with masks, in (0, 1]; 1.0 uses all of it.
+        labeled_ratio: Share of each dataset's train split with masks, in (0, 1]; 1.0 uses all of it.
+        oversample: Repetitions of each dataset's train records (labeled and unlabeled) in an epoch, one integer per
+            dataset; ``None`` balances them: ``round(largest / size)`` (MosMed x3 beside QaTa, as TextMoE's code).
         image_size: Side of the square network input (a multiple of 32).
         batch_size: Labeled images per step (Semi-MedRef: 32).
         unlabeled_batch_size: Unlabeled images per step; ``None`` = ``batch_size``.
@@ -60,13 +70,17 @@ class TextSegDataModule(LightningDataModule):
         synthetic_val: Synthetic validation images.
         synthetic_test: Synthetic test images.
         synthetic_image_size: Side of the generated synthetic images.
+        predict_images: Folder of images for ``textseg predict`` (default: the test split of the dataset).
+        predict_texts: CSV naming a text for every image of ``predict_images`` (``Image`` and ``text`` columns).
+        predict_modality: Modality code of the ``predict_images`` (0 = X-ray, 1 = CT).
     """
 
     def __init__(
         self,
-        dataset: Literal["qata", "mosmed", "synthetic"] = "synthetic",
-        root: str = "data/synthetic",
+        dataset: DatasetName | list[DatasetName] = "synthetic",
+        root: str | list[str] = "data/synthetic",
         labeled_ratio: float = 1.0,
+        oversample: list[int] | None = None,
         image_size: int = 224,
         batch_size: int = 32,
         unlabeled_batch_size: int | None = None,
@@ -88,90 +102,139 @@ class TextSegDataModule(LightningDataModule):
         synthetic_val: int = 100,
         synthetic_test: int = 100,
         synthetic_image_size: int = 128,
+        predict_images: str | None = None,
+        predict_texts: str | None = None,
+        predict_modality: int = 0,
     ) -> None:
         super().__init__()
         if not 0 < labeled_ratio <= 1:
             raise DataError(f"labeled_ratio must be in (0, 1], got {labeled_ratio}")
         if image_size % 32 != 0:
             raise DataError(f"image_size must be a multiple of 32, got {image_size}")
+        names: list[str] = [dataset] if isinstance(dataset, str) else [str(d) for d in dataset]
+        roots = [root] if isinstance(root, str) else list(root)
+        if not names or len(roots) != len(names) or len(set(names)) != len(names):
+            raise DataError(f"need one root per dataset and no repeated dataset, got dataset={dataset} root={root}")
+        if (predict_images is None) != (predict_texts is None):
+            raise DataError("predict_images and predict_texts go together: give both or neither")
+        if oversample is not None and (len(oversample) != len(names) or min(oversample) < 1):
+            raise DataError(f"oversample needs one integer >= 1 per dataset {names}, got {oversample}")
         self.save_hyperparameters()
-        self.data: SegDataset | None = None
+        self.dataset_names: list[str] = names
+        self.roots: dict[str, str] = dict(zip(names, roots, strict=True))
+        self.datas: dict[str, SegDataset] = {}
         self.splits: dict[str, list[Record]] = {}
+        self.sources: dict[str, list[str]] = {}
 
     @property
     def hp(self) -> Any:
         """The saved constructor arguments (``self.hparams``) with attribute access."""
         return self.hparams
 
-    def _load(self) -> SegDataset:
+    @property
+    def data(self) -> SegDataset | None:
+        """The dataset when there is exactly one (``None`` before ``setup`` or for composite data)."""
+        return next(iter(self.datas.values())) if len(self.datas) == 1 else None
+
+    def _load(self, name: str) -> SegDataset:
         hp = self.hp
         kwargs: dict[str, Any] = {}
-        if hp.dataset == "mosmed":
+        if name == "mosmed":
             kwargs["bare_side"] = hp.bare_side
-        if hp.dataset == "synthetic":
+        if name.startswith("synthetic"):
             kwargs.update(
                 n_train=hp.synthetic_train,
                 n_val=hp.synthetic_val,
                 n_test=hp.synthetic_test,
                 image_size=hp.synthetic_image_size,
             )
-        return load_dataset(hp.dataset, hp.root, **kwargs)
+        return load_dataset(name, self.roots[name], **kwargs)  # type: ignore[arg-type]
 
     def prepare_data(self) -> None:
-        """Generate the synthetic dataset once (rank 0) when it does not exist yet."""
-        if self.hp.dataset == "synthetic":
-            self._load()
+        """Generate the synthetic datasets once (rank 0) when they do not exist yet."""
+        for name in self.dataset_names:
+            if name.startswith("synthetic"):
+                self._load(name)
+
+    def _oversample(self) -> dict[str, int]:
+        if self.hp.oversample is not None:
+            return dict(zip(self.dataset_names, self.hp.oversample, strict=True))
+        sizes = {name: len(data.records("train")) for name, data in self.datas.items()}
+        largest = max(sizes.values())
+        return {name: max(1, round(largest / max(1, n))) for name, n in sizes.items()}
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the dataset, select the labeled subset and validate every file that will be used."""
-        if self.data is None:
-            self.data = self._load()
-        data = self.data
-        if stage in (None, "fit"):
-            labeled, unlabeled = data.labeled_split(self.hp.labeled_ratio, self.hp.seed)
-            self.splits.update(labeled=labeled, unlabeled=unlabeled)
-        if stage in (None, "fit", "validate"):
-            self.splits["val"] = data.records("val")
-        if stage in (None, "test", "predict"):
-            self.splits["test"] = data.records("test")
-        if self.hp.check != "off":
-            needed: dict[str, tuple[Split, ...]] = {
-                "fit": ("train", "val"),
-                "validate": ("val",),
-                "test": ("test",),
-                "predict": ("test",),
-            }
-            data.check(needed.get(stage or "", ("train", "val", "test")), full=self.hp.check == "full")
-        if stage in (None, "fit"):
-            self._write_split()
+        """Read the datasets, select each one's labeled subset and validate every file that will be used."""
+        if stage == "predict" and self.hp.predict_images is not None:
+            from textseg.datasets.folder import folder_records
 
-    def _write_split(self) -> None:
+            hp = self.hp
+            self.splits["predict"] = folder_records(hp.predict_images, hp.predict_texts, hp.predict_modality)
+            self.sources["predict"] = ["" for _ in self.splits["predict"]]
+            return
+        for name in self.dataset_names:
+            if name not in self.datas:
+                self.datas[name] = self._load(name)
+        parts: dict[str, list[tuple[str, Record]]] = {}
+        factors = self._oversample()
+        for name, data in self.datas.items():
+            if stage in (None, "fit"):
+                labeled, unlabeled = data.labeled_split(self.hp.labeled_ratio, self.hp.seed)
+                parts.setdefault("labeled", []).extend((name, r) for r in labeled * factors[name])
+                parts.setdefault("unlabeled", []).extend((name, r) for r in unlabeled * factors[name])
+            if stage in (None, "fit", "validate"):
+                parts.setdefault("val", []).extend((name, r) for r in data.records("val"))
+            if stage in (None, "test", "predict"):
+                parts.setdefault("test", []).extend((name, r) for r in data.records("test"))
+            if self.hp.check != "off":
+                needed: dict[str, tuple[Split, ...]] = {
+                    "fit": ("train", "val"),
+                    "validate": ("val",),
+                    "test": ("test",),
+                    "predict": ("test",),
+                }
+                data.check(needed.get(stage or "", ("train", "val", "test")), full=self.hp.check == "full")
+        for key, pairs in parts.items():
+            self.sources[key] = [n for n, _ in pairs]
+            self.splits[key] = [r for _, r in pairs]
+        if stage in (None, "fit"):
+            self._write_split(factors)
+
+    def _ids(self, key: str) -> list[str]:
+        """Record ids of a split, unique ones in order; ``dataset:id`` for composite data."""
+        pairs = zip(self.sources[key], self.splits[key], strict=True)
+        ids = [f"{n}:{r.id}" if len(self.datas) > 1 else r.id for n, r in pairs]
+        return list(dict.fromkeys(ids))
+
+    def _write_split(self, factors: dict[str, int]) -> None:
         trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or trainer.log_dir is None:
+        if trainer is None or not trainer.is_global_zero or trainer.logger is None or trainer.log_dir is None:
             return
         out = Path(trainer.log_dir)
         out.mkdir(parents=True, exist_ok=True)
-        assert self.data is not None
+        single = len(self.datas) == 1
         split = {
-            "dataset": self.hp.dataset,
-            "layout": self.data.layout,
-            "root": str(self.hp.root),
+            "dataset": self.dataset_names[0] if single else self.dataset_names,
+            "layout": next(iter(self.datas.values())).layout if single else [d.layout for d in self.datas.values()],
+            "root": str(self.roots[self.dataset_names[0]]) if single else [str(r) for r in self.roots.values()],
             "labeled_ratio": self.hp.labeled_ratio,
             "seed": self.hp.seed,
-            "labeled": [r.id for r in self.splits["labeled"]],
-            "unlabeled": [r.id for r in self.splits["unlabeled"]] if self.hp.use_unlabeled else [],
-            "val": [r.id for r in self.splits["val"]],
+            "oversample": [factors[n] for n in self.dataset_names],
+            "labeled": self._ids("labeled"),
+            "unlabeled": self._ids("unlabeled") if self.hp.use_unlabeled else [],
+            "val": self._ids("val"),
         }
         (out / "split.json").write_text(json.dumps(split, indent=1))
+        layouts = ", ".join(f"{n}: {d.layout}" for n, d in self.datas.items())
         rank_zero_info(
-            f"textseg: {len(split['labeled'])} labeled / {len(self.splits['unlabeled'])} unlabeled "
-            f"({self.data.layout} layout); split written to {out / 'split.json'}"
+            f"textseg: {len(split['labeled'])} labeled / {len(self._ids('unlabeled'))} unlabeled ({layouts}); "
+            f"split written to {out / 'split.json'}"
         )
 
     def _generator(self, offset: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.hp.seed * 1000 + offset)
 
-    def _dataset(self, records: list[Record], kind: str, offset: int) -> Dataset:
+    def _dataset(self, key: str, kind: str, offset: int) -> Dataset:
         hp = self.hp
         strong = {
             "brightness": hp.strong_brightness,
@@ -183,7 +246,8 @@ class TextSegDataModule(LightningDataModule):
             kind, hp.image_size, hp.zoom_prob, (hp.zoom_min, hp.zoom_max), strong, hp.legacy_clamp
         )
         transform.set_random_state(seed=hp.seed + offset)
-        return Dataset(data=[{"record": r} for r in records], transform=transform)
+        pairs = zip(self.sources[key], self.splits[key], strict=True)
+        return Dataset(data=[{"record": r, "dataset": n} for n, r in pairs], transform=transform)
 
     def _loader(self, ds: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
         return DataLoader(
@@ -199,7 +263,7 @@ class TextSegDataModule(LightningDataModule):
         """Return ``CombinedLoader({"labeled": ..., "unlabeled": ...}, "max_size_cycle")``."""
         hp = self.hp
         labeled, unlabeled = self.splits["labeled"], self.splits["unlabeled"]
-        lab_ds = self._dataset(labeled, "labeled", 1)
+        lab_ds = self._dataset("labeled", "labeled", 1)
         if not hp.use_unlabeled:
             loader = self._loader(
                 lab_ds,
@@ -217,7 +281,7 @@ class TextSegDataModule(LightningDataModule):
         loaders = {
             "labeled": self._loader(lab_ds, hp.batch_size, sampler=sampler, drop_last=True),
             "unlabeled": self._loader(
-                self._dataset(unlabeled, "unlabeled", 2),
+                self._dataset("unlabeled", "unlabeled", 2),
                 ubs,
                 shuffle=True,
                 drop_last=len(unlabeled) >= ubs,
@@ -228,12 +292,13 @@ class TextSegDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """Labeled validation loader (no augmentation)."""
-        return self._loader(self._dataset(self.splits["val"], "eval", 3), self.hp.eval_batch_size)
+        return self._loader(self._dataset("val", "eval", 3), self.hp.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         """Labeled test loader (no augmentation)."""
-        return self._loader(self._dataset(self.splits["test"], "eval", 4), self.hp.eval_batch_size)
+        return self._loader(self._dataset("test", "eval", 4), self.hp.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        """The test split, for ``textseg predict``."""
-        return self.test_dataloader()
+        """``predict_images`` with their texts, or the test split, for ``textseg predict``."""
+        key = "predict" if "predict" in self.splits else "test"
+        return self._loader(self._dataset(key, "predict", 4), self.hp.eval_batch_size)

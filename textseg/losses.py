@@ -15,6 +15,7 @@ under mixed precision.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from textseg.errors import DataError
 
-__all__ = ["SegLoss", "build_seg_loss", "clip_loss", "itcl_loss", "position_affinity"]
+__all__ = ["SegLoss", "build_seg_loss", "clip_loss", "differential_loss", "itcl_loss", "position_affinity"]
 
 SegLossKind = Literal["dice_ce", "dice_only"]
 
@@ -208,3 +209,71 @@ def clip_loss(image_embed: Tensor, text_embed: Tensor, temperature: float = 0.07
         logits = _similarity(image_embed, text_embed, temperature)
         labels = torch.arange(logits.shape[0], device=logits.device)
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+DiffLossMode = Literal["squared_cosine", "raw_cosine_width"]
+
+
+def differential_loss(experts: Sequence[Tensor], mode: DiffLossMode = "squared_cosine", eps: float = 1e-8) -> Tensor:
+    """Differential loss between the visual experts of TextMoE's MoE layers (Zeng et al., Eq. 8).
+
+    Each element of ``experts`` is the ``[B, E, C, H, W]`` stack of the ``E`` gated visual experts' outputs of
+    one MoE layer (``methods.md`` Sec. 4). Two modes (``methods.md`` Sec. 5.3):
+
+    * ``"squared_cosine"`` (default, the project's Decision, Eq. 8's intent ``|cos| -> 0``): per sample and per
+      expert pair ``(e, f)``, ``e < f``, the cosine similarity of the flattened ``C * H * W`` features, squared;
+      averaged over samples and pairs within a layer, then over layers. 0 for orthogonal experts, 1 for
+      identical or opposite ones.
+    * ``"raw_cosine_width"``: the public code, ``F.cosine_similarity(e0, e1, dim=-1)`` of experts 0 and 1 only,
+      along the image **width** ``W``, averaged over ``B, C, H`` and then over layers. 1 for identical, -1 for
+      opposite experts (minimising it pushes towards -1).
+
+    Cosines use ``F.cosine_similarity`` with the given ``eps`` (an all-zero feature gives cosine 0).
+
+    Args:
+        experts: One ``[B, E, C, H, W]`` tensor per MoE layer (``E >= 2``, ``B >= 1``); layers may differ in
+            shape.
+        mode: "squared_cosine" (default) or "raw_cosine_width".
+        eps: Norm floor of the cosine similarity.
+
+    Returns:
+        0-dim loss (float32, float64 for float64 inputs), computed outside autocast.
+
+    Raises:
+        DataError: On an empty list, a tensor that is not 5-D or not floating-point, ``E < 2``, ``B = 0``, an
+            unknown mode or a non-positive ``eps``.
+    """
+    if mode not in ("squared_cosine", "raw_cosine_width"):
+        raise DataError(f"differential_loss: mode must be 'squared_cosine' or 'raw_cosine_width', got {mode!r}")
+    if not eps > 0:
+        raise DataError(f"differential_loss: eps must be > 0, got {eps!r}")
+    layers = list(experts)
+    if not layers:
+        raise DataError("differential_loss: experts is empty, expected one [B, E, C, H, W] tensor per MoE layer")
+    for idx, feat in enumerate(layers):
+        if not isinstance(feat, Tensor) or feat.dim() != 5:
+            shape = tuple(feat.shape) if isinstance(feat, Tensor) else type(feat).__name__
+            raise DataError(f"differential_loss: layer {idx} must be a [B, E, C, H, W] tensor, got {shape}")
+        if not feat.is_floating_point():
+            raise DataError(f"differential_loss: layer {idx} must be floating-point, got dtype {feat.dtype}")
+        if feat.shape[1] < 2:
+            raise DataError(f"differential_loss: layer {idx} has E = {feat.shape[1]} experts, need at least 2")
+        if feat.shape[0] < 1:
+            raise DataError(f"differential_loss: layer {idx} has an empty batch")
+    per_layer = []
+    with torch.autocast(device_type=layers[0].device.type, enabled=False):
+        for feat in layers:
+            f = feat.to(_loss_dtype(feat))
+            if mode == "raw_cosine_width":
+                per_layer.append(F.cosine_similarity(f[:, 0], f[:, 1], dim=-1, eps=eps).mean())
+                continue
+            flat = f.flatten(start_dim=2)  # [B, E, C*H*W]
+            n_exp = flat.shape[1]
+            sims = [
+                F.cosine_similarity(flat[:, e], flat[:, g], dim=-1, eps=eps) ** 2
+                for e in range(n_exp)
+                for g in range(e + 1, n_exp)
+            ]
+            per_layer.append(torch.stack(sims).mean())
+        out_dtype = torch.float64 if any(v.dtype == torch.float64 for v in per_layer) else torch.float32
+        return torch.stack([v.to(device=per_layer[0].device, dtype=out_dtype) for v in per_layer]).mean()

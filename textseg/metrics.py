@@ -19,8 +19,11 @@ foreground (``zero_division=0``), never NaN.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
@@ -71,10 +74,10 @@ class PerImageScore(Metric):
         return (total / count.clamp_min(1)).float()
 
 
-def segmentation_metrics(prefix: str) -> MetricCollection:
+def segmentation_metrics(prefix: str, postfix: str | None = None) -> MetricCollection:
     """Build the metric collection for one split, e.g. ``prefix="val_"`` gives ``val_dice``, ``val_iou``, ...
 
-    Update it with ``(binarize_logits(logits), mask.long())``.
+    Update it with ``(binarize_logits(logits), mask.long())``. ``postfix="_qata"`` gives ``val_dice_qata``, ...
     """
     return MetricCollection(
         {
@@ -84,4 +87,48 @@ def segmentation_metrics(prefix: str) -> MetricCollection:
             "iou_per_image": PerImageScore("iou"),
         },
         prefix=prefix,
+        postfix=postfix,
     )
+
+
+class GroupedSegMetrics(nn.Module):
+    """Metrics over a whole split plus one set per dataset of a composite split (TextMoE, Zeng et al. 2025).
+
+    ``compute()`` returns ``{prefix}dice``, ... over all images and ``{prefix}dice_{group}``, ... per group (e.g.
+    ``val_dice_qata``, ``val_dice_mosmed``). Every group is computed on every rank in the same order, so the values
+    are synchronised under DDP; a group without images reports 0 (the pooled metrics' ``zero_division``).
+
+    Args:
+        prefix: Name prefix, e.g. ``"val_"``.
+        groups: Group names (dataset names); empty for a single-dataset split.
+    """
+
+    def __init__(self, prefix: str, groups: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.overall = segmentation_metrics(prefix)
+        self.groups = nn.ModuleDict({g: segmentation_metrics(prefix, postfix=f"_{g}") for g in groups})
+
+    def update(self, preds: Tensor, target: Tensor, group: Sequence[str] | None = None) -> None:
+        """Accumulate binary ``preds`` and ``target`` ``[B, 1, H, W]``; ``group`` names each sample's dataset."""
+        self.overall.update(preds, target)
+        if not self.groups:
+            return
+        if group is None or len(group) != preds.shape[0]:
+            raise ValueError("per-dataset metrics need the batch's 'dataset' names, one per sample")
+        for name, metrics in self.groups.items():
+            index = [i for i, g in enumerate(group) if g == name]
+            if index:
+                cast(MetricCollection, metrics).update(preds[index], target[index])
+
+    def compute(self) -> dict[str, Tensor]:
+        """Return the overall and per-group values in one flat dict."""
+        values = dict(self.overall.compute())
+        for metrics in self.groups.values():
+            values.update(cast(MetricCollection, metrics).compute())
+        return values
+
+    def reset(self) -> None:
+        """Reset every collection."""
+        self.overall.reset()
+        for metrics in self.groups.values():
+            cast(MetricCollection, metrics).reset()

@@ -14,6 +14,8 @@ Sample keys (documented once, used everywhere):
 ``position``       int64 ``[6]`` positional label [L-up, L-mid, L-low, R-up, R-mid, R-low] (image side).
 ``modality``       int, 0 = X-ray, 1 = CT.
 ``id``             the record id (str).
+``path``           the image file (str), so predictions can be written back at the original size.
+``dataset``        the dataset name (str, e.g. ``"qata"``), for per-dataset metrics of composite data.
 =================  ==========================================================================================
 
 Images are kept in display orientation (array row = image row), so "left" in a text is the displayed left half.
@@ -44,9 +46,11 @@ from textseg.datasets.base import Record
 from textseg.datasets.io import read_image, read_mask
 
 #: Keys of a labeled/evaluation sample.
-LABELED_KEYS = ("image", "mask", "text", "position", "modality", "id")
+LABELED_KEYS = ("image", "mask", "text", "position", "modality", "id", "path", "dataset")
 #: Keys of an unlabeled sample.
-UNLABELED_KEYS = ("image", "image_strong", "text", "position", "modality", "id")
+UNLABELED_KEYS = ("image", "image_strong", "text", "position", "modality", "id", "path", "dataset")
+#: Keys of a prediction sample (no mask).
+PREDICT_KEYS = ("image", "text", "position", "modality", "id", "path", "dataset")
 
 
 class LoadRecordd(MapTransform):
@@ -70,8 +74,14 @@ class LoadRecordd(MapTransform):
             "position": torch.tensor(rec.position, dtype=torch.long),
             "modality": rec.modality,
             "id": rec.id,
+            "path": str(rec.image),
+            "dataset": str(data.get("dataset", "")),
         }
         if self.with_mask:
+            if rec.mask is None:
+                from textseg.errors import DataError
+
+                raise DataError(f"{rec.image}: no mask, but this sample is used as a labeled one")
             mask = read_mask(rec.mask).astype(np.float32)[None]
             if mask.shape != image.shape:
                 from textseg.errors import DataError
@@ -160,16 +170,17 @@ def build_transform(
     strong_kwargs: Mapping[str, Any] | None = None,
     legacy_clamp: bool = False,
 ) -> Compose:
-    """Build the pipeline for ``kind`` in ``{"labeled", "unlabeled", "eval"}``.
+    """Build the pipeline for ``kind`` in ``{"labeled", "unlabeled", "eval", "predict"}``.
 
     All pipelines: load (display orientation) -> scale 0..255 to [0, 1] -> resize to ``image_size`` (bicubic for
     images, nearest for masks). ``labeled`` and ``unlabeled`` add the weak view ``RandZoomd`` (``methods.md`` §1.3);
     ``unlabeled`` copies the weak image to ``image_strong`` and applies :class:`RandJitterBlurd` to it. Every image key
     is z-scored last (or, with ``legacy_clamp``, before the jitter, reproducing the public code's clamp).
+    ``predict`` is ``eval`` without a mask.
     """
-    if kind not in ("labeled", "unlabeled", "eval"):
+    if kind not in ("labeled", "unlabeled", "eval", "predict"):
         raise ValueError(f"unknown transform kind {kind!r}")
-    with_mask = kind != "unlabeled"
+    with_mask = kind not in ("unlabeled", "predict")
     spatial = ["image", "mask"] if with_mask else ["image"]
     modes = ["bicubic", "nearest"] if with_mask else ["bicubic"]
     steps: list[Any] = [
@@ -178,7 +189,7 @@ def build_transform(
         Resized(keys=spatial, spatial_size=(image_size, image_size), mode=modes, anti_aliasing=False),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),
     ]
-    if kind != "eval":
+    if kind in ("labeled", "unlabeled"):
         steps.append(
             RandZoomd(
                 keys=spatial,

@@ -48,7 +48,7 @@ class Record:
     Attributes:
         id: Unique id in the dataset: the image file name without extension, as on disk.
         image: Image file.
-        mask: Mask file.
+        mask: Mask file (``None`` for images to predict, which have no mask).
         text: Referring text.
         position: Positional label ``[L-up, L-mid, L-low, R-up, R-mid, R-low]`` (image side, ``data.md`` §4).
         modality: 0 = X-ray (QaTa-COV19), 1 = CT (MosMedData+).
@@ -57,7 +57,7 @@ class Record:
 
     id: str
     image: Path
-    mask: Path
+    mask: Path | None
     text: str
     position: Position
     modality: int
@@ -363,6 +363,9 @@ class SegDataset(abc.ABC):
                     as_position(rec.position, f"record {rec.id}")
                 except DataError as exc:
                     problems.append(str(exc))
+                if rec.mask is None:
+                    problems.append(f"no mask for image {rec.image} in the {split} split")
+                    continue
                 try:
                     if full:
                         image_hw = read_image(rec.image).shape
@@ -381,13 +384,16 @@ class SegDataset(abc.ABC):
         raise_problems(problems, f"{self.name} dataset at {self.root}")
 
 
-def load_dataset(name: Literal["qata", "mosmed", "synthetic"], root: str | Path, **kwargs: Any) -> SegDataset:
+def load_dataset(
+    name: Literal["qata", "mosmed", "synthetic", "synthetic_ct"], root: str | Path, **kwargs: Any
+) -> SegDataset:
     """Build a dataset by name.
 
     Args:
         name: ``"qata"`` (:class:`~textseg.datasets.qata.QaTaCOV19`), ``"mosmed"``
             (:class:`~textseg.datasets.mosmed.MosMedDataPlus`) or ``"synthetic"``
-            (:func:`~textseg.datasets.synthetic.load_synthetic`: generated first if ``root`` does not exist).
+            (:func:`~textseg.datasets.synthetic.load_synthetic`: generated first if ``root`` does not exist) or
+            ``"synthetic_ct"`` (its CT-like modality, read as MosMedData+).
         root: Dataset root.
         **kwargs: Passed to the dataset class (and, for ``"synthetic"``, to the generator).
 
@@ -409,4 +415,8 @@ def load_dataset(name: Literal["qata", "mosmed", "synthetic"], root: str | Path,
         from textseg.datasets.synthetic import load_synthetic
 
         return load_synthetic(root, **kwargs)
-    raise DataError(f"unknown dataset {name!r}; expected 'qata', 'mosmed' or 'synthetic'")
+    if name == "synthetic_ct":
+        from textseg.datasets.synthetic import load_synthetic
+
+        return load_synthetic(root, modality="ct", **kwargs)
+    raise DataError(f"unknown dataset {name!r}; expected 'qata', 'mosmed', 'synthetic' or 'synthetic_ct'")

@@ -17,6 +17,12 @@ lung."), where the count word is the number of affected sides as in most QaTa te
 
 The tree is the SGSeg layout (``{train,valid,test}/{images,masks}/`` + ``annotation.json`` with the real
 schema), so :class:`~textseg.datasets.qata.QaTaCOV19` reads it. Output is byte-identical for a given seed.
+
+A **CT-like** modality (``modality="ct"``, :func:`ct_config`) stands in for MosMedData+ in composite (TextMoE)
+experiments: an axial slice (black air, elliptic body, two very dark lung fields, bright spine and mediastinum,
+vessel dots, no ribs) with grey ground-glass lesions and distractors, MosMed-style texts (the count word is the number
+of lesions) and the MosMed Kaggle layout (``frames/`` + ``masks/`` + the three LViT semicolon CSVs), read by
+:class:`~textseg.datasets.mosmed.MosMedDataPlus` as modality 1.
 """
 
 from __future__ import annotations
@@ -28,21 +34,24 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from textseg.datasets.base import NUM_REGIONS, Position, require_root
+from textseg.datasets.mosmed import MosMedDataPlus
 from textseg.datasets.qata import PositionSource, QaTaCOV19
 from textseg.errors import DataError
 
 __all__ = [
     "META_FILE",
     "SyntheticConfig",
+    "SyntheticMosMed",
     "SyntheticQaTa",
     "SyntheticSample",
     "caption_for",
+    "ct_config",
     "generate_sample",
     "load_synthetic",
     "make_synthetic",
@@ -59,7 +68,13 @@ SIZE_MULTIPLE = 32
 _SPLIT_FOLDERS: tuple[tuple[str, str], ...] = (("train", "train"), ("val", "valid"), ("test", "test"))
 _SIDE_WORDS = ("left", "right")
 _LEVEL_WORDS = ("upper", "middle", "lower")
-_COUNT_WORDS = ("one infected area", "two infected areas")
+_COUNT_WORDS = ("one infected area", "two infected areas", "three infected areas")
+#: LViT MosMed text file names per split (semicolon CSVs, ``data.md`` §2).
+_CT_TEXT_FILES = {
+    "train": "Train_text_MosMedData+ 1(in).csv",
+    "val": "Val_text_MosMedData+ 1(in).csv",
+    "test": "Test_text_MosMedData+(in).csv",
+}
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,13 @@ class SyntheticConfig:
         opacity_components: Range (inclusive) of Gaussian components per opacity (irregular outline).
         opacity_spread: Offset of the extra components, in units of the component width.
         mask_threshold: Part of the peak brightness above which an opacity pixel is lesion (mask = 1).
+        modality: ``"xray"`` (QaTa-like, SGSeg layout) or ``"ct"`` (MosMed-like, Kaggle layout, modality 1).
+        spine_level: Brightness of the vertebral body disc (CT; 0 = none).
+        spine_center_y: Vertical centre of that disc.
+        spine_radius: Radius of that disc.
+        vessel_count: Bright vessel dots per lung (CT; 0 = none).
+        vessel_level: Brightness of a vessel dot.
+        vessel_sigma: Gaussian width of a vessel dot.
     """
 
     lung_top: float = 0.18
@@ -134,6 +156,41 @@ class SyntheticConfig:
     opacity_components: tuple[int, int] = (1, 3)
     opacity_spread: float = 0.7
     mask_threshold: float = 0.5
+    modality: str = "xray"
+    spine_level: float = 0.0
+    spine_center_y: float = 0.8
+    spine_radius: float = 0.05
+    vessel_count: int = 0
+    vessel_level: float = 40.0
+    vessel_sigma: float = 0.006
+
+
+def ct_config() -> SyntheticConfig:
+    """The CT-like appearance (axial slice): black air, very dark lungs, spine, vessels, no ribs, grey lesions."""
+    return SyntheticConfig(
+        modality="ct",
+        lung_top=0.26,
+        lung_bottom=0.78,
+        lung_center_x=0.31,
+        lung_half_width=0.15,
+        lung_shape_power=2.2,
+        body_center_y=0.52,
+        body_half_width=0.45,
+        body_half_height=0.37,
+        background_level=4.0,
+        body_level=125.0,
+        lung_darkening=112.0,
+        mediastinum_level=35.0,
+        mediastinum_half_width=0.07,
+        rib_level=0.0,
+        smooth_noise_level=5.0,
+        fine_noise_level=6.0,
+        gain_range=(0.9, 1.1),
+        offset_range=(-8.0, 8.0),
+        opacity_level=(50.0, 75.0),
+        spine_level=100.0,
+        vessel_count=10,
+    )
 
 
 @dataclass
@@ -178,11 +235,12 @@ def region_boxes(image_size: int, config: SyntheticConfig | None = None) -> list
     return boxes
 
 
-def caption_for(position: Sequence[int]) -> str:
+def caption_for(position: Sequence[int], count: Literal["sides", "lesions"] = "sides") -> str:
     """LViT-style referring text for a positional label.
 
     Args:
         position: Six 0/1 values ``[L-up, L-mid, L-low, R-up, R-mid, R-low]`` with at least one 1.
+        count: What the count word counts: affected sides (most QaTa texts) or lesions (MosMed texts).
 
     Returns:
         E.g. ``"Bilateral pulmonary infection, two infected areas, lower left lung and middle right lung."``;
@@ -201,7 +259,8 @@ def caption_for(position: Sequence[int]) -> str:
         words = "all" if len(levels) == 3 else " ".join(levels)
         parts.append(f"{words} {_SIDE_WORDS[side]} lung")
     lateral = "Bilateral" if len(parts) == 2 else "Unilateral"
-    return f"{lateral} pulmonary infection, {_COUNT_WORDS[len(parts) - 1]}, {' and '.join(parts)}."
+    n = len(parts) if count == "sides" else int(sum(position))
+    return f"{lateral} pulmonary infection, {_COUNT_WORDS[min(n, len(_COUNT_WORDS)) - 1]}, {' and '.join(parts)}."
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -313,6 +372,15 @@ def generate_sample(
     image = cfg.background_level + (cfg.body_level - cfg.background_level) * body
     image = image - cfg.lung_darkening * lung + cfg.mediastinum_level * mediastinum * body + cfg.rib_level * ribs
     image += cfg.smooth_noise_level * _smooth_noise(rng, size, cfg.smooth_noise_cells) * body
+    if cfg.spine_level > 0:
+        spine_r = np.sqrt((xn - 0.5) ** 2 + (yn - cfg.spine_center_y) ** 2) / cfg.spine_radius
+        image += cfg.spine_level * _sigmoid((1.0 - spine_r) / (soft * 4))
+    if cfg.vessel_count > 0:
+        inside = np.argwhere(lung > 0.9)
+        picks = inside[rng.integers(0, len(inside), size=2 * cfg.vessel_count)] if len(inside) else inside
+        for vy, vx in picks:
+            dots = ((yn - (vy + 0.5) / size) ** 2 + (xn - (vx + 0.5) / size) ** 2) / (2 * cfg.vessel_sigma**2)
+            image += cfg.vessel_level * np.exp(-dots)
 
     # Lesions in the named regions, distractors in other regions.
     boxes = region_boxes(size, cfg)
@@ -342,7 +410,7 @@ def generate_sample(
         distractor_mask=distractor_mask.astype(np.uint8),
         position=position,  # type: ignore[arg-type]
         distractor_regions=tuple(distractor_regions),
-        caption=caption_for(position),
+        caption=caption_for(position, "lesions" if cfg.modality == "ct" else "sides"),
     )
 
 
@@ -398,31 +466,11 @@ def make_synthetic(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        annotation: dict[str, list[dict[str, Any]]] = {}
         counts = {"train": n_train, "val": n_val, "test": n_test}
-        start = 0
-        for split, folder in _SPLIT_FOLDERS:
-            images, masks = tmp / folder / "images", tmp / folder / "masks"
-            images.mkdir(parents=True)
-            masks.mkdir(parents=True)
-            entries = []
-            for i in range(counts[split]):
-                sample = generate_sample(seed, split, i, image_size, cfg)
-                name = f"synth_{start + i:05d}.png"
-                _write_png(images / name, sample.image)
-                _write_png(masks / f"mask_{name}", sample.mask * np.uint8(255))
-                entries.append(
-                    {
-                        "image_path": f"mask_{name}",
-                        "caption": sample.caption,
-                        "pulmonary_infection": int(any(sample.position[:3])) + int(any(sample.position[3:])),
-                        "infected_area": int(sum(sample.position)),
-                        "pseudo_label": list(sample.position),
-                    }
-                )
-            annotation[folder] = entries
-            start += counts[split]
-        (tmp / "annotation.json").write_text(json.dumps(annotation, indent=2) + "\n", encoding="utf-8")
+        if cfg.modality == "ct":
+            _write_ct_tree(tmp, counts, image_size, seed, cfg)
+        else:
+            _write_xray_tree(tmp, counts, image_size, seed, cfg)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         try:
             os.replace(tmp, root)
@@ -436,6 +484,52 @@ def make_synthetic(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _write_xray_tree(tmp: Path, counts: dict[str, int], image_size: int, seed: int, cfg: SyntheticConfig) -> None:
+    """Write the SGSeg layout: ``{train,valid,test}/{images,masks}/`` + ``annotation.json``."""
+    annotation: dict[str, list[dict[str, Any]]] = {}
+    start = 0
+    for split, folder in _SPLIT_FOLDERS:
+        images, masks = tmp / folder / "images", tmp / folder / "masks"
+        images.mkdir(parents=True)
+        masks.mkdir(parents=True)
+        entries = []
+        for i in range(counts[split]):
+            sample = generate_sample(seed, split, i, image_size, cfg)
+            name = f"synth_{start + i:05d}.png"
+            _write_png(images / name, sample.image)
+            _write_png(masks / f"mask_{name}", sample.mask * np.uint8(255))
+            entries.append(
+                {
+                    "image_path": f"mask_{name}",
+                    "caption": sample.caption,
+                    "pulmonary_infection": int(any(sample.position[:3])) + int(any(sample.position[3:])),
+                    "infected_area": int(sum(sample.position)),
+                    "pseudo_label": list(sample.position),
+                }
+            )
+        annotation[folder] = entries
+        start += counts[split]
+    (tmp / "annotation.json").write_text(json.dumps(annotation, indent=2) + "\n", encoding="utf-8")
+
+
+def _write_ct_tree(tmp: Path, counts: dict[str, int], image_size: int, seed: int, cfg: SyntheticConfig) -> None:
+    """Write the MosMed Kaggle layout: ``frames/`` + ``masks/`` (same names) + three LViT semicolon CSVs."""
+    frames, masks = tmp / "frames", tmp / "masks"
+    frames.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    start = 0
+    for split, _ in _SPLIT_FOLDERS:
+        rows = ["Image;text"]
+        for i in range(counts[split]):
+            sample = generate_sample(seed, split, i, image_size, cfg)
+            name = f"synthct_{start + i:05d}.png"
+            _write_png(frames / name, sample.image)
+            _write_png(masks / name, sample.mask * np.uint8(255))
+            rows.append(f"{name};{sample.caption}")
+        (tmp / _CT_TEXT_FILES[split]).write_text("\n".join(rows) + "\n", encoding="utf-8")
+        start += counts[split]
 
 
 def _meta(n_train: int, n_val: int, n_test: int, image_size: int, seed: int, cfg: SyntheticConfig) -> dict[str, Any]:
@@ -471,6 +565,12 @@ class SyntheticQaTa(QaTaCOV19):
     name = "synthetic"
 
 
+class SyntheticMosMed(MosMedDataPlus):
+    """A generated CT-like tree read by the MosMedData+ reader (modality 1); ``name`` is ``"synthetic_ct"``."""
+
+    name = "synthetic_ct"
+
+
 def load_synthetic(
     root: str | Path,
     n_train: int | None = None,
@@ -479,7 +579,8 @@ def load_synthetic(
     image_size: int | None = None,
     seed: int | None = None,
     positions: PositionSource = "auto",
-) -> SyntheticQaTa:
+    modality: Literal["xray", "ct"] = "xray",
+) -> SyntheticQaTa | SyntheticMosMed:
     """Read a synthetic dataset, generating it first if ``root`` does not exist (or is empty).
 
     Args:
@@ -489,7 +590,8 @@ def load_synthetic(
         n_test: Test samples (default 100).
         image_size: Image side (default 128).
         seed: Generator seed (default 0).
-        positions: Passed to :class:`~textseg.datasets.qata.QaTaCOV19`.
+        positions: Passed to :class:`~textseg.datasets.qata.QaTaCOV19` (X-ray trees).
+        modality: ``"xray"`` (:class:`SyntheticQaTa`) or ``"ct"`` (:func:`ct_config`, :class:`SyntheticMosMed`).
 
     Returns:
         The dataset.
@@ -503,7 +605,10 @@ def load_synthetic(
         defaults = {"n_train": 400, "n_val": 100, "n_test": 100, "image_size": 128, "seed": 0}
         args = {k: (v if v is not None else defaults[k]) for k, v in given.items()}
         try:
-            make_synthetic(path, args["n_train"], args["n_val"], args["n_test"], args["image_size"], args["seed"])
+            config = ct_config() if modality == "ct" else None
+            make_synthetic(
+                path, args["n_train"], args["n_val"], args["n_test"], args["image_size"], args["seed"], config
+            )
         except DataError:
             if _read_meta(path) is None:  # not a tree another process has just generated
                 raise
@@ -514,4 +619,9 @@ def load_synthetic(
         if wrong:
             listed = ", ".join(f"{k}={v[0]!r} (on disk: {v[1]!r})" for k, v in wrong.items())
             raise DataError(f"synthetic dataset at {path} was generated with other arguments: {listed}")
+        on_disk = meta.get("config", {}).get("modality", "xray")
+        if on_disk != modality:
+            raise DataError(f"synthetic dataset at {path} is of modality {on_disk!r}, not {modality!r}")
+    if modality == "ct":
+        return SyntheticMosMed(path)
     return SyntheticQaTa(path, positions=positions)

@@ -3,5 +3,6 @@
 from textseg.methods.base import TextSegModule
 from textseg.methods.semimedref import SemiMedRefModule
 from textseg.methods.supervised import SupervisedModule
+from textseg.methods.textmoe import TextMoEModule
 
-__all__ = ["SemiMedRefModule", "SupervisedModule", "TextSegModule"]
+__all__ = ["SemiMedRefModule", "SupervisedModule", "TextMoEModule", "TextSegModule"]

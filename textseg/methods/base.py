@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 
+from textseg.guards import NonFiniteGuard
 from textseg.losses import build_seg_loss
-from textseg.metrics import binarize_logits, segmentation_metrics
+from textseg.metrics import GroupedSegMetrics, binarize_logits
 from textseg.models import build_core
 from textseg.models.encoders import TextEncoder
 from textseg.models.types import SegOutput
@@ -26,7 +27,7 @@ class TextSegModule(LightningModule):
     """Base of all textseg methods.
 
     Args:
-        backbone: ``"guidedecoder"`` or ``"mmiunet"``.
+        backbone: ``"guidedecoder"``, ``"mmiunet"`` or ``"textmoe"`` (TMoE decoder with default experts).
         vision_encoder: ConvNeXt spec (``"tiny"``, ``"convnext-tiny"``, hub id or local directory).
         text_encoder: Text encoder spec (``"tiny"``, ``"minilm"``, hub id or local directory of a BERT-family model).
         vision_checkpoint: Optional original FB ConvNeXt ``.pth`` (MMI-UNet's ImageNet-22k weights).
@@ -42,11 +43,15 @@ class TextSegModule(LightningModule):
         min_lr: Cosine annealing floor.
         lr_t_max: Cosine period in epochs; ``None`` = ``trainer.max_epochs``.
         eval_teacher: Evaluate the EMA teacher instead of the student (methods with a teacher).
+        channels_last: Keep the networks and image batches in ``torch.channels_last`` (faster convs on GPUs).
+        compile: ``torch.compile`` the student and teacher networks in place (state-dict keys unchanged).
+        nonfinite: A NaN/inf loss term or gradient ``"stop"``s the run naming it, or ``"skip"``s the step
+            (:class:`~textseg.guards.NonFiniteGuard`).
     """
 
     def __init__(
         self,
-        backbone: Literal["guidedecoder", "mmiunet"] = "guidedecoder",
+        backbone: Literal["guidedecoder", "mmiunet", "textmoe"] = "guidedecoder",
         vision_encoder: str = "tiny",
         text_encoder: str = "tiny",
         vision_checkpoint: str | None = None,
@@ -62,6 +67,9 @@ class TextSegModule(LightningModule):
         min_lr: float = 1e-6,
         lr_t_max: int | None = None,
         eval_teacher: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        nonfinite: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -89,16 +97,33 @@ class TextSegModule(LightningModule):
             guide_alpha=hp.guide_alpha,
             use_eca=hp.use_eca,
             project_dim=hp.project_dim,
+            **self.core_kwargs(),
         )
+
+    def core_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments of :func:`~textseg.models.build_core` (method-specific networks)."""
+        return {}
 
     def configure_losses(self) -> None:
         """Build the segmentation loss (``methods.md`` §1.4)."""
         self.seg_loss = build_seg_loss(self.hp.loss)
 
-    def configure_metrics(self) -> None:
-        """Pooled and per-image Dice/IoU for validation and test (``data.md`` §10.3)."""
-        self.val_metrics = segmentation_metrics("val_")
-        self.test_metrics = segmentation_metrics("test_")
+    def configure_metrics(self, groups: Sequence[str] = ()) -> None:
+        """Pooled and per-image Dice/IoU for validation and test (``data.md`` §10.3), per dataset in ``groups``."""
+        self.val_metrics = GroupedSegMetrics("val_", groups)
+        self.test_metrics = GroupedSegMetrics("test_", groups)
+
+    def setup(self, stage: str) -> None:
+        """Per-dataset metrics for composite data (``val_dice_qata``, ...); memory format and compilation."""
+        names = list(getattr(getattr(self.trainer, "datamodule", None), "dataset_names", []))
+        if len(names) > 1:
+            self.configure_metrics(names)
+        nets = [n for n in (self.net, getattr(self, "teacher", None)) if n is not None]
+        for net in nets:
+            if self.hp.channels_last:
+                net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            if self.hp.compile:
+                net.compile()
 
     @property
     def eval_net(self) -> nn.Module:
@@ -106,15 +131,24 @@ class TextSegModule(LightningModule):
         teacher = getattr(self, "teacher", None)
         return teacher if self.hp.eval_teacher and teacher is not None else self.net
 
-    def forward(self, image: Tensor, texts: Sequence[str], net: nn.Module | None = None) -> SegOutput:
-        """Run ``net`` (default: the student) on images ``[B, 1|3, H, W]`` and their texts."""
-        return (net or self.net)(image, self.text_encoder(list(texts)))
+    def forward(
+        self, image: Tensor, texts: Sequence[str], net: nn.Module | None = None, modality: Tensor | None = None
+    ) -> SegOutput:
+        """Run ``net`` (default: the student) on images ``[B, 1|3, H, W]``, their texts and modality codes ``[B]``.
+
+        The modality is passed on only to cores that declare ``takes_modality`` (TextMoE's gate).
+        """
+        net = net or self.net
+        if self.hp.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        extra = {"modality": modality} if getattr(net, "takes_modality", False) else {}
+        return net(image, self.text_encoder(list(texts)), **extra)
 
     def _evaluate(self, batch: dict[str, Any], prefix: str) -> Tensor:
-        out = self(batch["image"], batch["text"], self.eval_net)
+        out = self(batch["image"], batch["text"], self.eval_net, batch.get("modality"))
         loss = self.seg_loss(out["logits"], batch["mask"])
         metrics = self.val_metrics if prefix == "val_" else self.test_metrics
-        metrics.update(binarize_logits(out["logits"]), batch["mask"].long())
+        metrics.update(binarize_logits(out["logits"]), batch["mask"].long(), batch.get("dataset"))
         self.log(f"{prefix}loss", loss, batch_size=len(batch["text"]), sync_dist=True)
         return loss
 
@@ -125,9 +159,10 @@ class TextSegModule(LightningModule):
         return self._evaluate(batch, "test_")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Return sigmoid probabilities and ids for a batch."""
-        out = self(batch["image"], batch["text"], self.eval_net)
-        return {"id": batch["id"], "probs": torch.sigmoid(out["logits"])}
+        """Return ``{"id", "text", "path", "probs"}``: sigmoid probabilities ``[B, 1, S, S]`` at network size."""
+        out = self(batch["image"], batch["text"], self.eval_net, batch.get("modality"))
+        keys = ("id", "text", "path")
+        return {**{k: list(batch[k]) for k in keys}, "probs": torch.sigmoid(out["logits"].float())}
 
     def on_validation_epoch_end(self) -> None:
         """Log the epoch's validation metrics."""
@@ -142,8 +177,14 @@ class TextSegModule(LightningModule):
         if self.trainer.is_global_zero and self.trainer.log_dir:
             path = Path(self.trainer.log_dir) / "test_metrics.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            record = {"method": type(self).__name__, "hparams": dict(self.hparams), "metrics": values}
+            dm = getattr(self.trainer, "datamodule", None)
+            data = dict(getattr(dm, "hparams", {}) or {})
+            record = {"method": type(self).__name__, "hparams": dict(self.hparams), "data": data, "metrics": values}
             path.write_text(json.dumps(record, indent=1, default=str))
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The non-finite guard, always on (``nonfinite`` chooses stop or skip)."""
+        return [NonFiniteGuard(self.hp.nonfinite)]
 
     def configure_optimizers(self) -> Any:
         """AdamW on the student only, cosine annealing per epoch to ``min_lr`` (``methods.md`` §7)."""

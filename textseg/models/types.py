@@ -7,10 +7,15 @@ encoder + decoder) that consumes the image and those features and returns a :cla
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import TypedDict
 
 from torch import Tensor
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired, TypedDict
+else:  # Python 3.10: the typing_extensions backport (a dependency of torch)
+    from typing_extensions import NotRequired, TypedDict
 
 
 @dataclass
@@ -33,12 +38,23 @@ class TextFeatures:
 class SegOutput(TypedDict):
     """What every network core returns.
 
+    Only ``logits`` is present for every network; the other keys depend on the core.
+
     Keys:
         logits: Segmentation logits ``[B, 1, H, W]`` at the input resolution (no sigmoid).
-        image_embed: ITCL image embedding ``[B, D]`` (projected, not normalised).
-        text_embed: ITCL text embedding ``[B, D]`` (projected, not normalised).
+        image_embed: ITCL image embedding ``[B, D]`` (projected, not normalised). GuideDecoder and MMI-UNet
+            cores only (TextMoE has no ITCL heads).
+        text_embed: ITCL text embedding ``[B, D]`` (projected, not normalised). GuideDecoder and MMI-UNet
+            cores only.
+        experts: TextMoE only (Zeng et al., MICCAI 2025; ``methods.md`` §4): one tensor per MoE layer, in
+            decoder order, each ``[B, E, C, H, W]`` -- the stacked outputs of the E gated visual experts of
+            that layer (C and H x W of the layer's output), the input of the differential loss (Eq. 8).
+        gates: TextMoE only: ``[B, L, E]`` softmax gate weights of the L MoE layers (Eq. 3), in the same order
+            as ``experts``; each row sums to 1.
     """
 
     logits: Tensor
-    image_embed: Tensor
-    text_embed: Tensor
+    image_embed: NotRequired[Tensor]
+    text_embed: NotRequired[Tensor]
+    experts: NotRequired[list[Tensor]]
+    gates: NotRequired[Tensor]

@@ -1,0 +1,85 @@
+"""Catch bad numbers before they reach the weights: non-finite loss terms and gradients.
+
+:class:`NonFiniteGuard` runs before every optimizer step. It reads the loss terms the method logged for this step
+(``train_loss_*``, the flat names every method logs) and the gradients of the trainable parameters. When one is NaN or
+infinite it either stops the run with a message naming the loss terms and the first parameters affected
+(``mode="stop"``, the default), or drops the step -- every gradient is cleared so the optimizer leaves the weights
+untouched -- and counts it in ``train_skipped_steps`` (``mode="skip"``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+#: Parameters named in the error message at most.
+MAX_NAMED = 5
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term or gradient is NaN or infinite."""
+
+
+class NonFiniteGuard(Callback):
+    """Stop on, or skip, optimizer steps with a non-finite loss term or gradient.
+
+    Args:
+        mode: ``"stop"`` raises :class:`NonFiniteLossError`; ``"skip"`` clears the gradients of the step (the weights
+            stay as they were) and counts it.
+    """
+
+    def __init__(self, mode: Literal["stop", "skip"] = "stop") -> None:
+        if mode not in ("stop", "skip"):
+            raise ValueError(f"NonFiniteGuard mode must be 'stop' or 'skip', got {mode!r}")
+        self.mode = mode
+        self.skipped = 0
+
+    @staticmethod
+    def bad_terms(trainer: Trainer) -> list[str]:
+        """Logged ``train_loss*`` values of the current step that are not finite."""
+        bad = []
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith("train_loss") and not math.isfinite(float(value)):
+                bad.append(f"{name}={float(value)}")
+        return bad
+
+    @staticmethod
+    def bad_gradients(module: LightningModule) -> list[str]:
+        """Names of trainable parameters whose gradient has a NaN or infinite entry."""
+        return [
+            name
+            for name, p in module.named_parameters()
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+        ]
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        """Check the step's loss terms and gradients; stop or drop the step."""
+        terms, grads = self.bad_terms(trainer), self.bad_gradients(pl_module)
+        if not terms and not grads:
+            return
+        if self.mode == "stop":
+            named = ", ".join(grads[:MAX_NAMED]) + (
+                f" and {len(grads) - MAX_NAMED} more" if len(grads) > MAX_NAMED else ""
+            )
+            raise NonFiniteLossError(
+                f"non-finite values at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+                f"loss terms [{', '.join(terms) or 'all finite'}]; gradients of [{named or 'none'}]. "
+                "Lower the learning rate, use fp32 or bf16 instead of fp16, check the input data, or set "
+                "`nonfinite: skip` to drop such steps."
+            )
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.skipped += 1
+        pl_module.log("train_skipped_steps", float(self.skipped), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Persist the skip count in checkpoints."""
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the skip count."""
+        self.skipped = int(state_dict.get("skipped", 0))
