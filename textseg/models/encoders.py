@@ -480,14 +480,15 @@ class TextEncoder(nn.Module):
 
     # -- encoding -------------------------------------------------------------------------------------------
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+    def tokenize(self, texts: Sequence[str], on_device: bool = True) -> dict[str, Tensor]:
         """Tokenise ``texts`` to ``input_ids`` / ``token_type_ids`` / ``attention_mask`` ``[B, max_length]``.
 
         Args:
             texts: The referring texts (a sequence of strings, not a single string).
+            on_device: Move the tensors to the encoder's device (``False`` keeps them on the host).
 
         Returns:
-            The tokenizer tensors on the encoder's device.
+            The tokenizer tensors on the encoder's device (or the host).
 
         Raises:
             DataError: If ``texts`` is a single string, empty, or holds non-strings.
@@ -507,7 +508,7 @@ class TextEncoder(nn.Module):
             max_length=self.max_length,
             return_tensors="pt",
         )
-        device = self.device
+        device = self.device if on_device else torch.device("cpu")
         return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
 
     def _encode(self, enc: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -536,13 +537,14 @@ class TextEncoder(nn.Module):
         Returns:
             :class:`TextFeatures` with ``tokens [B, L, d_t]``, ``mask [B, L]`` (bool) and ``pooled [B, d_t]``.
         """
-        enc = self.tokenize(texts)
         if not self._cache_enabled():
+            enc = self.tokenize(texts)
             grad = any(p.requires_grad for p in self.bert.parameters())
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                 tokens, mask, pooled = self._encode(enc)
             return TextFeatures(tokens=tokens, mask=mask, pooled=pooled)
 
+        enc = self.tokenize(texts, on_device=False)  # cache keys from host tensors: no device sync per call
         flag = int(self.use_padding_mask)  # the mask / pooled rows depend on it
         ids_and_mask = torch.cat([enc["input_ids"], enc["attention_mask"]], 1).tolist()
         keys = [(flag, *row) for row in ids_and_mask]
@@ -553,9 +555,10 @@ class TextEncoder(nn.Module):
             first: dict[tuple[int, ...], int] = {}
             for i in misses:
                 first.setdefault(keys[i], i)
-            rows = torch.tensor(list(first.values()), device=enc["input_ids"].device)
+            rows = torch.tensor(list(first.values()))
             with torch.no_grad():
-                tokens, mask, pooled = self._encode({k: v.index_select(0, rows) for k, v in enc.items()})
+                subset = {k: v.index_select(0, rows).to(self.device) for k, v in enc.items()}
+                tokens, mask, pooled = self._encode(subset)
             # Own copies of the rows (no view keeps a whole batch alive), made outside inference mode so that
             # features first computed in a validation loop can later enter an autograd graph.
             with torch.inference_mode(False):
