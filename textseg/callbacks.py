@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
@@ -942,18 +942,18 @@ class RunCardCallback(Callback):
         self.filename = filename
         self.command = list(command) if command is not None else None
 
-    def build_card(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
-        """Assemble the card (see the class docstring)."""
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    def build_card(self, trainer: Trainer, pl_module: LightningModule, log_dir: str | None = None) -> dict[str, Any]:
+        """Assemble the card (see the class docstring) for the run directory ``log_dir`` (``trainer.log_dir``)."""
+        run_dir = Path((log_dir if log_dir is not None else trainer.log_dir) or trainer.default_root_dir)
         datamodule = getattr(trainer, "datamodule", None)
-        split_path = log_dir / "split.json"
+        split_path = run_dir / "split.json"
         split: dict[str, Any] | None = None
         if split_path.is_file():
             split = {"file": split_path.name, "sha256": hashlib.sha256(split_path.read_bytes()).hexdigest()}
         command = self.command if self.command is not None else list(sys.argv)
         return {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "run_dir": str(log_dir),
+            "run_dir": str(run_dir),
             "model": {
                 "class": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
                 "hparams": _jsonable(dict(pl_module.hparams)),
@@ -979,10 +979,12 @@ class RunCardCallback(Callback):
             "command": {"argv": command, "line": shlex.join(command)},
         }
 
-    @rank_zero_only
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Write the card."""
-        card = self.build_card(trainer, pl_module)
+        """Write the card (rank 0; ``trainer.log_dir`` is a broadcast under DDP, so every rank asks for it)."""
+        log_dir = trainer.log_dir
+        if not trainer.is_global_zero:
+            return
+        card = self.build_card(trainer, pl_module, log_dir)
         path = Path(card["run_dir"]) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")

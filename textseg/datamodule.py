@@ -8,6 +8,14 @@ Training batches are dicts ``{"labeled": {...}, "unlabeled": {...}}`` built by L
 :class:`~lightning.pytorch.utilities.combined_loader.CombinedLoader` in ``max_size_cycle`` mode; the sample keys are
 documented once in :mod:`textseg.transforms`. Validation and test batches are plain labeled dicts.
 
+Under DDP the training samplers shard themselves: every rank draws the epoch's seeded order and keeps every
+``world_size``-th position of it (``rank``, ``rank + world_size``, ...), so the ranks' batches are disjoint and together
+are exactly the batches of a one-process run whose batch sizes are ``world_size`` times larger; ``batch_size`` and
+``unlabeled_batch_size`` are per process. (Lightning's default :class:`~torch.utils.data.DistributedSampler` would
+replace the labeled sampler with replacement by a plain partition, and yield no batch at all when a rank's share is
+smaller than ``batch_size``.) Augmentation streams are seeded per rank. Validation and test loaders are left to
+Lightning's ``DistributedSampler``, which pads a split whose size is not a multiple of the world size.
+
 The labeled subset for ``labeled_ratio`` and ``seed`` is exactly Semi-MedRef's published one
 (``reference/data.md`` §6); the run writes the split it used to ``split.json`` in its log directory.
 """
@@ -15,16 +23,18 @@ The labeled subset for ``labeled_ratio`` and ``seed`` is exactly Semi-MedRef's p
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from monai.data import Dataset
-from monai.data.utils import worker_init_fn
-from torch.utils.data import DataLoader, RandomSampler
+from monai.data.utils import set_rnd
+from torch.utils.data import DataLoader, RandomSampler, Sampler, get_worker_info
 
 from textseg.datasets import load_dataset
 from textseg.datasets.base import Record, SegDataset, Split
@@ -33,6 +43,25 @@ from textseg.transforms import build_transform
 
 #: Dataset names accepted by ``TextSegDataModule(dataset=...)``.
 DatasetName = Literal["qata", "mosmed", "synthetic", "synthetic_ct"]
+
+#: Multiplier of the rank in the augmentation seeds (a prime: rank 0 keeps the one-process seeds).
+_RANK_SEED_STRIDE = 1_000_003
+
+
+def _seed_worker(worker_id: int, rank: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: seed the worker's MONAI transforms from its torch seed and the global rank.
+
+    MONAI's own ``worker_init_fn`` uses the torch worker seed only, which is the same on every DDP rank when the ranks
+    share a seed; the rank term gives each rank its own augmentation stream (rank 0 keeps MONAI's seeds).
+
+    Args:
+        worker_id: Worker index (unused: the torch worker seed already includes it).
+        rank: Global rank of the process.
+    """
+    del worker_id
+    info = get_worker_info()
+    if info is not None:
+        set_rnd(info.dataset, seed=(info.seed + _RANK_SEED_STRIDE * rank) % 2**32)
 
 
 class TextSegDataModule(LightningDataModule):
@@ -208,9 +237,12 @@ class TextSegDataModule(LightningDataModule):
 
     def _write_split(self, factors: dict[str, int]) -> None:
         trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or trainer.logger is None or trainer.log_dir is None:
+        if trainer is None or trainer.logger is None:
             return
-        out = Path(trainer.log_dir)
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, or rank 0 waits forever
+        if not trainer.is_global_zero or log_dir is None:
+            return
+        out = Path(log_dir)
         out.mkdir(parents=True, exist_ok=True)
         single = len(self.datas) == 1
         split = {
@@ -231,6 +263,22 @@ class TextSegDataModule(LightningDataModule):
             f"split written to {out / 'split.json'}"
         )
 
+    def _world(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the attached trainer; ``(1, 0)`` without one."""
+        trainer = self.trainer
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+
+    def _shard(self, sampler: Sampler[int]) -> DistributedSamplerWrapper:
+        """This process's share of one draw of ``sampler`` per epoch: positions ``rank, rank + world_size, ...``.
+
+        Every process draws the epoch's whole order from the same seeded generator (with one process too, so the
+        generator advances alike whatever the number of processes), keeps every ``world_size``-th position and drops
+        the tail beyond a multiple of the world size: the shares are disjoint, equally long, and together the batches
+        of a one-process run with ``world_size`` times the batch size.
+        """
+        world, rank = self._world()
+        return DistributedSamplerWrapper(sampler, num_replicas=world, rank=rank, shuffle=False, drop_last=True)
+
     def _generator(self, offset: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.hp.seed * 1000 + offset)
 
@@ -245,7 +293,7 @@ class TextSegDataModule(LightningDataModule):
         transform = build_transform(
             kind, hp.image_size, hp.zoom_prob, (hp.zoom_min, hp.zoom_max), strong, hp.legacy_clamp
         )
-        transform.set_random_state(seed=hp.seed + offset)
+        transform.set_random_state(seed=(hp.seed + offset + _RANK_SEED_STRIDE * self._world()[1]) % 2**32)
         pairs = zip(self.sources[key], self.splits[key], strict=True)
         return Dataset(data=[{"record": r, "dataset": n} for n, r in pairs], transform=transform)
 
@@ -254,38 +302,54 @@ class TextSegDataModule(LightningDataModule):
             ds,
             batch_size=batch_size,
             num_workers=self.hp.num_workers,
-            worker_init_fn=worker_init_fn,
+            worker_init_fn=partial(_seed_worker, rank=self._world()[1]),
             persistent_workers=self.hp.num_workers > 0,
             **kwargs,
         )
 
     def train_dataloader(self) -> CombinedLoader:
-        """Return ``CombinedLoader({"labeled": ..., "unlabeled": ...}, "max_size_cycle")``."""
+        """Return ``CombinedLoader({"labeled": ..., "unlabeled": ...}, "max_size_cycle")``.
+
+        Batch sizes are per process. Under DDP each sampler is this rank's share of the one-process draw
+        (:meth:`_shard`), so ``world_size`` processes with batch ``B`` see the batches of one process with batch
+        ``world_size * B``.
+
+        Raises:
+            DataError: If a training set has fewer samples than there are processes.
+        """
         hp = self.hp
+        world, _ = self._world()
         labeled, unlabeled = self.splits["labeled"], self.splits["unlabeled"]
+        used = {"labeled": labeled, "unlabeled": unlabeled} if hp.use_unlabeled else {"labeled": labeled}
+        for key, records in used.items():
+            if len(records) < world:
+                raise DataError(f"the {key} training set has {len(records)} samples, fewer than the {world} processes")
         lab_ds = self._dataset("labeled", "labeled", 1)
         if not hp.use_unlabeled:
+            gen = self._generator(1)
             loader = self._loader(
                 lab_ds,
                 hp.batch_size,
-                shuffle=True,
-                drop_last=len(labeled) >= hp.batch_size,
-                generator=self._generator(1),
+                sampler=self._shard(RandomSampler(lab_ds, generator=gen)),
+                drop_last=len(labeled) // world >= hp.batch_size,
+                generator=gen,
             )
             return CombinedLoader({"labeled": loader}, "max_size_cycle")
         ubs = hp.unlabeled_batch_size or hp.batch_size
-        steps = max(1, len(unlabeled) // ubs)
+        steps = max(1, len(unlabeled) // world // ubs)
         sampler = RandomSampler(
-            lab_ds, replacement=True, num_samples=steps * hp.batch_size, generator=self._generator(1)
+            lab_ds, replacement=True, num_samples=world * steps * hp.batch_size, generator=self._generator(1)
         )
+        unl_ds = self._dataset("unlabeled", "unlabeled", 2)
+        gen = self._generator(2)
         loaders = {
-            "labeled": self._loader(lab_ds, hp.batch_size, sampler=sampler, drop_last=True),
+            "labeled": self._loader(lab_ds, hp.batch_size, sampler=self._shard(sampler), drop_last=True),
             "unlabeled": self._loader(
-                self._dataset("unlabeled", "unlabeled", 2),
+                unl_ds,
                 ubs,
-                shuffle=True,
-                drop_last=len(unlabeled) >= ubs,
-                generator=self._generator(2),
+                sampler=self._shard(RandomSampler(unl_ds, generator=gen)),
+                drop_last=len(unlabeled) // world >= ubs,
+                generator=gen,
             ),
         }
         return CombinedLoader(loaders, "max_size_cycle")

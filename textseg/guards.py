@@ -36,6 +36,7 @@ class NonFiniteGuard(Callback):
             raise ValueError(f"NonFiniteGuard mode must be 'stop' or 'skip', got {mode!r}")
         self.mode = mode
         self.skipped = 0
+        self._loss_bad = False
 
     @staticmethod
     def bad_terms(trainer: Trainer) -> list[str]:
@@ -55,10 +56,20 @@ class NonFiniteGuard(Callback):
             if p.grad is not None and not bool(torch.isfinite(p.grad).all())
         ]
 
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Any) -> None:
+        """Remember whether this step's total loss is finite (logged terms may be stale from earlier steps)."""
+        self._loss_bad = self._loss_bad or not bool(torch.isfinite(loss.detach()).all())
+
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        """Check the step's loss terms and gradients; stop or drop the step."""
-        terms, grads = self.bad_terms(trainer), self.bad_gradients(pl_module)
-        if not terms and not grads:
+        """Check the step's loss and gradients; stop or drop the step, naming the non-finite logged loss terms."""
+        loss_bad, self._loss_bad = self._loss_bad, False
+        grads = self.bad_gradients(pl_module)
+        terms = self.bad_terms(trainer) if loss_bad or grads else []
+        if loss_bad and not terms:
+            terms = ["total loss=nan/inf"]
+        # Under DDP the ranks decide together: a rank that stops or skips alone would leave the others waiting in the
+        # next collective or let the replicas drift apart (loss terms are rank-local, gradients are all-reduced).
+        if not trainer.strategy.reduce_boolean_decision(bool(terms or grads), all=False):
             return
         if self.mode == "stop":
             named = ", ".join(grads[:MAX_NAMED]) + (
@@ -66,7 +77,7 @@ class NonFiniteGuard(Callback):
             )
             raise NonFiniteLossError(
                 f"non-finite values at epoch {trainer.current_epoch}, step {trainer.global_step}: "
-                f"loss terms [{', '.join(terms) or 'all finite'}]; gradients of [{named or 'none'}]. "
+                f"loss terms [{', '.join(terms) or 'all finite on this process'}]; gradients of [{named or 'none'}]. "
                 "Lower the learning rate, use fp32 or bf16 instead of fp16, check the input data, or set "
                 "`nonfinite: skip` to drop such steps."
             )
