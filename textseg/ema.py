@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -280,3 +280,23 @@ def linear_ramp(epoch: float, start_epoch: float, ramp_epochs: float, max_value:
         return float(max_value)
     t = min(max((epoch - start_epoch) / ramp_epochs, 0.0), 1.0)
     return float(max_value * t)
+
+
+@torch.no_grad()
+def average_buffers(module: nn.Module, reduce_mean: Callable[[Tensor], Tensor]) -> None:
+    """Average a module's floating-point buffers (BatchNorm running statistics) over processes, in place.
+
+    Under DDP each process's BatchNorm layers update their running statistics from its own batch; averaging them after
+    every optimizer step, before the EMA update, keeps the student and the teacher (which averages buffers too)
+    identical on every rank (as timm's ``distribute_bn``). One all-reduce for all buffers.
+
+    Args:
+        module: The student network.
+        reduce_mean: The strategy's mean all-reduce, e.g. ``partial(trainer.strategy.reduce, reduce_op="mean")``.
+    """
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = reduce_mean(torch.cat([b.detach().reshape(-1).float() for b in buffers]))
+    for buffer, value in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+        buffer.copy_(value.view_as(buffer))

@@ -138,6 +138,17 @@ class Cell:
 # ------------------------------------------------------------------------------------------------------ reading
 
 
+def write_test_metrics(
+    log_dir: str | Path, method: str, hparams: Mapping[str, Any], data: Mapping[str, Any], metrics: Mapping[str, float]
+) -> Path:
+    """Write a run's :data:`METRICS_FILE` ``{"method", "hparams", "data", "metrics"}`` (read by :func:`load_run`)."""
+    path = Path(log_dir) / METRICS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"method": method, "hparams": dict(hparams), "data": dict(data), "metrics": dict(metrics)}
+    path.write_text(json.dumps(record, indent=1, default=str))
+    return path
+
+
 def find_metric_files(dirs: Iterable[str | Path]) -> list[Path]:
     """All ``test_metrics.json`` files under the given folders (or the files themselves), sorted.
 

@@ -6,21 +6,22 @@ Subclasses implement ``training_step`` (and own their teacher). Evaluation, the 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
+from functools import partial
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 
+from textseg.ema import average_buffers
 from textseg.guards import NonFiniteGuard
 from textseg.losses import build_seg_loss
 from textseg.metrics import GroupedSegMetrics, binarize_logits
 from textseg.models import build_core
 from textseg.models.encoders import TextEncoder
 from textseg.models.types import SegOutput
+from textseg.report import write_test_metrics
 
 
 class TextSegModule(LightningModule):
@@ -176,46 +177,19 @@ class TextSegModule(LightningModule):
         self.log_dict(values)
         log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, or rank 0 waits forever
         if self.trainer.is_global_zero and log_dir:
-            path = Path(log_dir) / "test_metrics.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            dm = getattr(self.trainer, "datamodule", None)
-            data = dict(getattr(dm, "hparams", {}) or {})
-            record = {"method": type(self).__name__, "hparams": dict(self.hparams), "data": data, "metrics": values}
-            path.write_text(json.dumps(record, indent=1, default=str))
+            data = getattr(getattr(self.trainer, "datamodule", None), "hparams", None) or {}
+            write_test_metrics(log_dir, type(self).__name__, self.hparams, data, values)
 
     def configure_callbacks(self) -> list[Callback]:
         """The non-finite guard, always on (``nonfinite`` chooses stop or skip)."""
         return [NonFiniteGuard(self.hp.nonfinite)]
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Step the optimiser, then average the student's BatchNorm statistics over the DDP processes.
-
-        Subclasses with an EMA teacher update it after this call, so every rank averages the same student.
-        """
+        """Step the optimiser, then average the student's BatchNorm statistics over DDP processes (before any EMA)."""
         super().optimizer_step(*args, **kwargs)
-        self.sync_buffers()
-
-    @torch.no_grad()
-    def sync_buffers(self) -> None:
-        """Average the student's floating-point buffers (BatchNorm running mean / variance) over all processes.
-
-        Under DDP each process's BatchNorm layers update their running statistics from its own batch, so after a step
-        the ranks hold different statistics (DDP only broadcasts rank 0's at the start of the next training forward),
-        and the EMA teacher, which averages buffers too (:mod:`textseg.ema`), would drift apart across ranks and
-        evaluate differently on each. Averaging them after every optimiser step (as timm's ``distribute_bn`` does per
-        epoch) keeps the student and the teacher identical on every rank; with equal per-rank batches the running
-        mean becomes that of the global batch. One all-reduce per step; nothing happens in a one-process run.
-        """
         trainer = self._trainer
-        if trainer is None or trainer.world_size <= 1:
-            return
-        buffers = [b for b in self.net.buffers() if b.is_floating_point()]
-        if not buffers:
-            return
-        flat = torch.cat([b.detach().reshape(-1).float() for b in buffers])
-        flat = trainer.strategy.reduce(flat, reduce_op="mean")
-        for buffer, value in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
-            buffer.copy_(value.view_as(buffer))
+        if trainer is not None and trainer.world_size > 1:
+            average_buffers(self.net, partial(trainer.strategy.reduce, reduce_op="mean"))
 
     def configure_optimizers(self) -> Any:
         """AdamW on the student only, cosine annealing per epoch to ``min_lr`` (``methods.md`` §7)."""

@@ -32,7 +32,7 @@ non-square images; widths are read from the encoder, so the ``"tiny"`` test enco
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -189,52 +189,15 @@ class MoEDecoderBlock(nn.Module):
         in_channels: Channels of the deeper feature C_deep.
         out_channels: Channels of the skip and of the output C_skip.
         text_dim: Text hidden size d_t.
-        expert: Expert kind of both MoE layers (see :class:`MoELayer`).
-        num_experts: Gated visual experts per MoE layer.
-        num_modalities: Size of the one-hot modality indicator.
-        heads: Cross-attention heads.
-        scale_init: Initial layer scale s.
-        leaky_slope: Negative slope of the text expert's LeakyReLU.
-        text_pe_max_len: Precomputed positions of the text PE.
-        vis_pe_max_len: Precomputed positions of the visual PE.
+        **moe_options: Keyword options of both :class:`MoELayer` s (``expert``, ``num_experts``, ``heads``, ...).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        text_dim: int,
-        *,
-        expert: ExpertKind = "tmoe",
-        num_experts: int = 2,
-        num_modalities: int = 2,
-        heads: int = 2,
-        scale_init: float = 1.421,
-        leaky_slope: float = 0.1,
-        text_pe_max_len: int = 24,
-        vis_pe_max_len: int = 5000,
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, text_dim: int, **moe_options: Any) -> None:
         super().__init__()
-
-        def moe(c_in: int) -> MoELayer:
-            return MoELayer(
-                c_in,
-                out_channels,
-                text_dim,
-                expert=expert,
-                num_experts=num_experts,
-                num_modalities=num_modalities,
-                heads=heads,
-                scale_init=scale_init,
-                leaky_slope=leaky_slope,
-                text_pe_max_len=text_pe_max_len,
-                vis_pe_max_len=vis_pe_max_len,
-            )
-
         self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2, bias=True)
-        self.moe1 = moe(2 * out_channels)
+        self.moe1 = MoELayer(2 * out_channels, out_channels, text_dim, **moe_options)
         self.norm1 = nn.BatchNorm2d(out_channels)
-        self.moe2 = moe(out_channels)
+        self.moe2 = MoELayer(out_channels, out_channels, text_dim, **moe_options)
         self.norm2 = nn.BatchNorm2d(out_channels)
 
     def forward(
@@ -312,20 +275,19 @@ class TextMoECore(nn.Module):
         self.use_padding_mask = use_padding_mask
         w1, w2, w3, w4 = vision_widths(vision)
 
+        moe: dict[str, Any] = {
+            "expert": expert,
+            "num_experts": num_experts,
+            "num_modalities": num_modalities,
+            "heads": heads,
+            "scale_init": scale_init,
+            "leaky_slope": leaky_slope,
+            "text_pe_max_len": text_pe_max_len,
+            "vis_pe_max_len": vis_pe_max_len,
+        }
+
         def block(c_deep: int, c_skip: int) -> MoEDecoderBlock:
-            return MoEDecoderBlock(
-                c_deep,
-                c_skip,
-                text_dim,
-                expert=expert,
-                num_experts=num_experts,
-                num_modalities=num_modalities,
-                heads=heads,
-                scale_init=scale_init,
-                leaky_slope=leaky_slope,
-                text_pe_max_len=text_pe_max_len,
-                vis_pe_max_len=vis_pe_max_len,
-            )
+            return MoEDecoderBlock(c_deep, c_skip, text_dim, **moe)
 
         self.blocks = nn.ModuleList([block(w4, w3), block(w3, w2), block(w2, w1)])
         self.head = SubpixelSegHead(w1, head_channels, scale_factor=4, out_channels=1)
