@@ -72,7 +72,7 @@ def train(name: str, datasets: list[str], args: argparse.Namespace) -> dict[str,
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     elapsed = time.perf_counter() - start
-    result = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False)[0]
+    result = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False, weights_only=True)[0]
     return {**{k: float(v) for k, v in result.items()}, "train_seconds": elapsed}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -291,13 +292,16 @@ def test_augmentation_stream_depends_on_seed_only(qata_root: Path) -> None:
         if seed in views:
             assert all(torch.equal(seen[i], views[seed][i]) for i in seen)
         views.setdefault(seed, seen)
-    # Two epochs of one loader draw different zooms of the same image.
+    # Two epochs of one loader draw different zooms of the same image; re-reading an epoch repeats it exactly.
     dm = make_dm(qata_root, seed=3, **kwargs)
     dm.setup("fit")
     loader = dm.train_dataloader()
-    epochs = [
-        {i: b["labeled"]["image"][k] for b, _, _ in loader for k, i in enumerate(b["labeled"]["id"])} for _ in range(2)
-    ]
+    epochs = []
+    for epoch in (0, 1, 0):
+        for dl in loader.flattened:
+            dl.sampler.set_epoch(epoch)
+        epochs.append({i: b["labeled"]["image"][k] for b, _, _ in loader for k, i in enumerate(b["labeled"]["id"])})
+    assert all(torch.equal(epochs[0][i], epochs[2][i]) for i in epochs[0])
     assert all(torch.equal(epochs[0][i], views[3][i]) for i in epochs[0])
     assert sum(not torch.allclose(epochs[0][i], epochs[1][i], atol=1e-4) for i in epochs[0]) >= N_TRAIN // 2
     changed = sum(not torch.allclose(views[3][i], views[4][i], atol=1e-4) for i in views[3])
@@ -343,3 +347,62 @@ def test_synthetic_dataset_generated_when_missing(tmp_path: Path) -> None:
     )
     again.prepare_data()
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.png")} == mtimes
+
+
+def test_batches_do_not_depend_on_num_workers(qata_root: Path) -> None:
+    """Order and augmentations (weak zoom, strong jitter/blur) are functions of the seed and the position in the
+    epoch's draw only: 0 and 2 workers give bit-identical batches, epoch after epoch (``reference/data.md`` §6)."""
+    kwargs: dict[str, Any] = {"zoom_prob": 1.0, "strong_jitter_prob": 1.0, "strong_blur_prob": 1.0, "seed": 5}
+    epochs: dict[int, list[dict[str, Any]]] = {}
+    for workers in (0, 2):
+        dm = make_dm(qata_root, num_workers=workers, **kwargs)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        batches = []
+        for epoch in (0, 1):
+            for dl in loader.flattened:
+                dl.sampler.set_epoch(epoch)
+            batches += [batch for batch, _, _ in loader]
+        epochs[workers] = batches
+    assert len(epochs[0]) == len(epochs[2]) > 2
+    for one, two in zip(epochs[0], epochs[2], strict=True):
+        for part in ("labeled", "unlabeled"):
+            assert one[part]["id"] == two[part]["id"]
+            keys = ("image", "mask") if part == "labeled" else ("image", "image_strong")
+            assert all(torch.equal(one[part][k], two[part][k]) for k in keys)
+    first, second = epochs[0][: len(epochs[0]) // 2], epochs[0][len(epochs[0]) // 2 :]
+    assert [b["unlabeled"]["id"] for b in first] != [b["unlabeled"]["id"] for b in second]
+
+
+def test_resumable_loader_continues_mid_epoch(qata_root: Path) -> None:
+    """The training loaders' state (epoch, batches done) restarts the epoch after the last finished batch, and a
+    finished epoch's state starts the next epoch (Lightning's stateful-loader protocol)."""
+    dm = make_dm(qata_root, zoom_prob=1.0, strong_jitter_prob=1.0)
+    dm.setup("fit")
+    full = [b for b, _, _ in dm.train_dataloader()]
+    done = 2
+    dm.trainer = SimpleNamespace(  # type: ignore[assignment]
+        world_size=1,
+        global_rank=0,
+        fit_loop=SimpleNamespace(
+            epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=SimpleNamespace(processed=done)))
+        ),
+    )
+    loader = dm.train_dataloader()
+    states = [dl.state_dict() for dl in loader.flattened]
+    assert states == [{"epoch": 0, "batches": done}] * 2
+    fresh = dm.train_dataloader()
+    for dl, state in zip(fresh.flattened, states, strict=True):
+        dl.load_state_dict(state)
+    rest = [b for b, _, _ in fresh]
+    assert len(rest) == len(full) - done
+    for a, b in zip(full[done:], rest, strict=True):
+        assert a["unlabeled"]["id"] == b["unlabeled"]["id"]
+        assert torch.equal(a["unlabeled"]["image_strong"], b["unlabeled"]["image_strong"])
+        assert torch.equal(a["labeled"]["image"], b["labeled"]["image"])
+    # A finished epoch's state starts the next epoch, from its first batch.
+    nxt = dm.train_dataloader()
+    for dl in nxt.flattened:
+        dl.load_state_dict({"epoch": 0, "batches": len(dl)})
+        assert dl.sampler.epoch == 1
+    assert len([b for b, _, _ in nxt]) == len(full)

@@ -26,7 +26,8 @@ per-process batch sizes (the same global batch). Checked, with values:
     draws random numbers or couples the samples of a batch: augmentation, T-PatchMix, PosAug, ITCL, frequency
     exchange and MMI-UNet's attention dropout.
 
-Also: each rank draws its own augmentation stream (rank 0 the one-process one). The file takes about 40 s on two idle
+Also: a rank's samples, augmentations included, are the one-process samples at the rank's positions of the draw.
+The file takes about 40 s on two idle
 cores (up to 95 s on a busy machine); without the DDP fixes of the package the launch fails after the 60 s collective
 timeout instead of hanging.
 """
@@ -436,21 +437,30 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs: dict[s
                 assert distance < bounds[scope], f"{name} {variant} {part} {scope}: {distance:.3g}"
 
 
-def test_augmentation_streams_differ_across_ranks(qata_root: Path) -> None:
-    """Rank 0 keeps the one-process augmentation stream; rank 1 draws its own."""
+def test_rank_samples_are_the_one_process_samples_at_its_positions(qata_root: Path) -> None:
+    """Augmentations follow the position in the epoch's draw: rank r's j-th sample (weak and strong view) is exactly
+    the one-process sample at position ``r + j * WORLD``; different positions get different augmentations."""
 
-    def strong_views(world: int, rank: int) -> Tensor:
+    def samples(world: int, rank: int) -> list[dict[str, Any]]:
         dm = TextSegDataModule(
             dataset="qata", root=str(qata_root), labeled_ratio=0.25, image_size=64, check="fast", strong_jitter_prob=1.0
         )
         dm.trainer = SimpleNamespace(world_size=world, global_rank=rank, is_global_zero=rank == 0, logger=None)  # type: ignore[assignment]
         dm.setup("fit")
-        dataset = dm.train_dataloader().iterables["unlabeled"].dataset
-        return torch.stack([dataset[i]["image_strong"] for i in range(len(dataset))])
+        loader = dm.train_dataloader().iterables["unlabeled"]
+        return [loader.dataset[key] for key in loader.sampler]
 
-    one, rank0, rank1 = strong_views(1, 0), strong_views(WORLD, 0), strong_views(WORLD, 1)
-    assert torch.equal(one, rank0)
-    assert not torch.allclose(rank0, rank1, atol=1e-3)
+    one = samples(1, 0)
+    for rank in range(WORLD):
+        share = samples(WORLD, rank)
+        assert len(share) == len(one) // WORLD
+        for j, sample in enumerate(share):
+            ref = one[rank + j * WORLD]
+            assert sample["id"] == ref["id"]
+            assert torch.equal(sample["image"], ref["image"]) and torch.equal(
+                sample["image_strong"], ref["image_strong"]
+            )
+    assert not torch.allclose(one[0]["image_strong"], one[1]["image_strong"], atol=1e-3)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ Examples:
     textseg report runs/ --out report/
     textseg grid configs/sweeps/semimedref_ratios.yaml --dry-run
 
+Errors in the user's input (:class:`~textseg.errors.DataError`: a missing or broken file, a bad value, a checkpoint that
+does not fit the configured model) and a non-finite loss end the command with one line ``textseg: error: ...`` on
+stderr and exit code 2 (1 for a non-finite loss), without a traceback; ``TEXTSEG_TRACEBACK=1`` shows it. Configuration
+errors (unknown key, wrong type) are reported by jsonargparse the same way.
+
 ``data``, ``report`` and ``grid`` are plain argparse commands (:mod:`textseg.datacli`, :mod:`textseg.report`,
 :mod:`textseg.grid`) dispatched before LightningCLI, without importing Lightning. The Lightning subcommands run
 :class:`~textseg.lightningcli.TextSegCLI`: every one also accepts ``--seed`` (one seed for ``seed_everything``,
@@ -20,6 +25,7 @@ always writes ``run_card.json`` (:class:`~textseg.callbacks.RunCardCallback`).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -63,6 +69,34 @@ EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 }
 
 
+#: Environment variable that makes input errors raise with their traceback (debugging).
+TRACEBACK_ENV = "TEXTSEG_TRACEBACK"
+#: Exit code of an input error (as argparse/jsonargparse usage errors).
+EXIT_INPUT_ERROR = 2
+#: Exit code of a run stopped by a non-finite loss or gradient.
+EXIT_NONFINITE = 1
+
+
+def _run_guarded(args: Any, command: list[str] | None) -> None:
+    """Run LightningCLI; turn input errors and non-finite losses into one message and an exit code."""
+    from textseg.errors import DataError
+    from textseg.guards import NonFiniteLossError
+    from textseg.lightningcli import run_lightning_cli
+
+    try:
+        run_lightning_cli(args, command)
+    except Exception as exc:
+        # A DataError raised while a DataLoader builds a sample reaches us wrapped (MONAI's "applying transform").
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, (DataError, NonFiniteLossError)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        code = EXIT_NONFINITE if isinstance(cause, NonFiniteLossError) else EXIT_INPUT_ERROR
+        print(f"textseg: error: {cause}", file=sys.stderr)
+        raise SystemExit(code) from None
+
+
 def main(args: Any = None) -> None:
     """Entry point of the ``textseg`` console script and ``python -m textseg``.
 
@@ -71,7 +105,8 @@ def main(args: Any = None) -> None:
             ``grid`` runs that workflow command, anything else goes to LightningCLI (which also accepts a dict).
 
     Raises:
-        SystemExit: With the exit code of a workflow command that failed (LightningCLI exits on its own errors).
+        SystemExit: With the exit code of a workflow command that failed, 2 for bad input
+            (:class:`~textseg.errors.DataError`), 1 for a non-finite loss; LightningCLI exits on its own errors.
     """
     argv = list(sys.argv[1:]) if args is None else args
     if isinstance(argv, (list, tuple)) and argv and argv[0] in EXTRA_COMMANDS:
@@ -79,10 +114,8 @@ def main(args: Any = None) -> None:
         if code:
             raise SystemExit(code)
         return
-    from textseg.lightningcli import run_lightning_cli
-
     command = ["textseg", *map(str, argv)] if isinstance(argv, (list, tuple)) else None
-    run_lightning_cli(args, command)
+    _run_guarded(args, command)
 
 
 if __name__ == "__main__":

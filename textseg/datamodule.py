@@ -8,13 +8,15 @@ Training batches are dicts ``{"labeled": {...}, "unlabeled": {...}}`` built by L
 :class:`~lightning.pytorch.utilities.combined_loader.CombinedLoader` in ``max_size_cycle`` mode; the sample keys are
 documented once in :mod:`textseg.transforms`. Validation and test batches are plain labeled dicts.
 
-Under DDP the training samplers shard themselves: every rank draws the epoch's seeded order and keeps every
-``world_size``-th position of it (``rank``, ``rank + world_size``, ...), so the ranks' batches are disjoint and together
-are exactly the batches of a one-process run whose batch sizes are ``world_size`` times larger; ``batch_size`` and
-``unlabeled_batch_size`` are per process. (Lightning's default :class:`~torch.utils.data.DistributedSampler` would
-replace the labeled sampler with replacement by a plain partition, and yield no batch at all when a rank's share is
-smaller than ``batch_size``.) Augmentation streams are seeded per rank. Validation and test loaders are left to
-Lightning's ``DistributedSampler``, which pads a split whose size is not a multiple of the world size.
+The training order and every sample's augmentation are pure functions of ``seed``, the epoch and the sample's
+position in the epoch's draw (:mod:`textseg.sampling`): they do not depend on ``num_workers``, and a run resumed from a
+mid-epoch checkpoint continues with exactly the batches an uninterrupted run would have seen. Under DDP every rank
+draws the epoch's order and keeps every ``world_size``-th position of it (``rank``, ``rank + world_size``, ...), so the
+ranks' batches are disjoint and together are exactly the batches (and augmentations) of a one-process run whose batch
+sizes are ``world_size`` times larger; ``batch_size`` and ``unlabeled_batch_size`` are per process. (Lightning's
+default :class:`~torch.utils.data.DistributedSampler` would replace the labeled sampler with replacement by a plain
+partition, and yield no batch at all when a rank's share is smaller than ``batch_size``.) Validation and test loaders
+are left to Lightning's ``DistributedSampler``, which pads a split whose size is not a multiple of the world size.
 
 The labeled subset for ``labeled_ratio`` and ``seed`` is exactly Semi-MedRef's published one
 (``reference/data.md`` §6); the run writes the split it used to ``split.json`` in its log directory.
@@ -23,45 +25,23 @@ The labeled subset for ``labeled_ratio`` and ``seed`` is exactly Semi-MedRef's p
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from monai.data import Dataset
-from monai.data.utils import set_rnd
-from torch.utils.data import DataLoader, RandomSampler, Sampler, get_worker_info
+from torch.utils.data import DataLoader
 
 from textseg.datasets import load_dataset
 from textseg.datasets.base import Record, SegDataset, Split
 from textseg.errors import DataError
+from textseg.sampling import EpochSampler, ResumableLoader, SeededDataset, derive_seed
 from textseg.transforms import build_transform
 
 #: Dataset names accepted by ``TextSegDataModule(dataset=...)``.
 DatasetName = Literal["qata", "mosmed", "synthetic", "synthetic_ct"]
-
-#: Multiplier of the rank in the augmentation seeds (a prime: rank 0 keeps the one-process seeds).
-_RANK_SEED_STRIDE = 1_000_003
-
-
-def _seed_worker(worker_id: int, rank: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: seed the worker's MONAI transforms from its torch seed and the global rank.
-
-    MONAI's own ``worker_init_fn`` uses the torch worker seed only, which is the same on every DDP rank when the ranks
-    share a seed; the rank term gives each rank its own augmentation stream (rank 0 keeps MONAI's seeds).
-
-    Args:
-        worker_id: Worker index (unused: the torch worker seed already includes it).
-        rank: Global rank of the process.
-    """
-    del worker_id
-    info = get_worker_info()
-    if info is not None:
-        set_rnd(info.dataset, seed=(info.seed + _RANK_SEED_STRIDE * rank) % 2**32)
 
 
 class TextSegDataModule(LightningDataModule):
@@ -198,8 +178,11 @@ class TextSegDataModule(LightningDataModule):
             from textseg.datasets.folder import folder_records
 
             hp = self.hp
-            self.splits["predict"] = folder_records(hp.predict_images, hp.predict_texts, hp.predict_modality)
-            self.sources["predict"] = ["" for _ in self.splits["predict"]]
+            self.splits["predict"] = folder_records(
+                hp.predict_images, hp.predict_texts, hp.predict_modality, check=hp.check
+            )
+            self.sources["predict"] = [str(hp.predict_texts) for _ in self.splits["predict"]]
+            self._check_texts(["predict"])
             return
         for name in self.dataset_names:
             if name not in self.datas:
@@ -226,8 +209,21 @@ class TextSegDataModule(LightningDataModule):
         for key, pairs in parts.items():
             self.sources[key] = [n for n, _ in pairs]
             self.splits[key] = [r for _, r in pairs]
+        self._check_texts(list(parts))
         if stage in (None, "fit"):
             self._write_split(factors)
+
+    def _check_texts(self, keys: list[str]) -> None:
+        """Let the attached model refuse texts it cannot encode whole (``check_texts``), before anything is written."""
+        trainer = self.trainer
+        check = getattr(getattr(trainer, "lightning_module", None), "check_texts", None)
+        if check is None:
+            return
+        texts: dict[str, str] = {}
+        for key in keys:
+            for name, rec in zip(self.sources[key], self.splits[key], strict=True):
+                texts.setdefault(rec.text, f"{name or 'predict'} {key} record {rec.id!r} (image {rec.image})")
+        check(texts)
 
     def _ids(self, key: str) -> list[str]:
         """Record ids of a split, unique ones in order; ``dataset:id`` for composite data."""
@@ -268,21 +264,19 @@ class TextSegDataModule(LightningDataModule):
         trainer = self.trainer
         return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
 
-    def _shard(self, sampler: Sampler[int]) -> DistributedSamplerWrapper:
-        """This process's share of one draw of ``sampler`` per epoch: positions ``rank, rank + world_size, ...``.
+    def _batches_done(self) -> int:
+        """Batches the trainer has finished in the current training epoch (saved for mid-epoch resume)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(getattr(trainer.fit_loop.epoch_loop.batch_progress.current, "processed", 0))
 
-        Every process draws the epoch's whole order from the same seeded generator (with one process too, so the
-        generator advances alike whatever the number of processes), keeps every ``world_size``-th position and drops
-        the tail beyond a multiple of the world size: the shares are disjoint, equally long, and together the batches
-        of a one-process run with ``world_size`` times the batch size.
-        """
+    def _sampler(self, size: int, stream: int, num_samples: int | None = None) -> EpochSampler:
+        """This process's share of the epoch's seeded draw (see :mod:`textseg.sampling`)."""
         world, rank = self._world()
-        return DistributedSamplerWrapper(sampler, num_replicas=world, rank=rank, shuffle=False, drop_last=True)
+        return EpochSampler(size, self.hp.seed, stream, num_samples=num_samples, num_replicas=world, rank=rank)
 
-    def _generator(self, offset: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.hp.seed * 1000 + offset)
-
-    def _dataset(self, key: str, kind: str, offset: int) -> Dataset:
+    def _dataset(self, key: str, kind: str) -> SeededDataset:
         hp = self.hp
         strong = {
             "brightness": hp.strong_brightness,
@@ -293,26 +287,29 @@ class TextSegDataModule(LightningDataModule):
         transform = build_transform(
             kind, hp.image_size, hp.zoom_prob, (hp.zoom_min, hp.zoom_max), strong, hp.legacy_clamp
         )
-        transform.set_random_state(seed=(hp.seed + offset + _RANK_SEED_STRIDE * self._world()[1]) % 2**32)
         pairs = zip(self.sources[key], self.splits[key], strict=True)
-        return Dataset(data=[{"record": r, "dataset": n} for n, r in pairs], transform=transform)
+        return SeededDataset([{"record": r, "dataset": n} for n, r in pairs], transform)
 
-    def _loader(self, ds: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            num_workers=self.hp.num_workers,
-            worker_init_fn=partial(_seed_worker, rank=self._world()[1]),
-            persistent_workers=self.hp.num_workers > 0,
-            **kwargs,
+    def _loader(self, ds: SeededDataset, batch_size: int, stream: int, sampler: EpochSampler | None = None) -> Any:
+        """A DataLoader with its own generator (never the global RNG); a resumable one over ``sampler``."""
+        kwargs: dict[str, Any] = {
+            "batch_size": batch_size,
+            "num_workers": self.hp.num_workers,
+            "persistent_workers": self.hp.num_workers > 0,
+            "generator": torch.Generator().manual_seed(derive_seed(self.hp.seed, stream)),
+        }
+        if sampler is None:
+            return DataLoader(ds, **kwargs)
+        return ResumableLoader(
+            ds, sampler=sampler, drop_last=len(sampler) >= batch_size, progress=self._batches_done, **kwargs
         )
 
     def train_dataloader(self) -> CombinedLoader:
         """Return ``CombinedLoader({"labeled": ..., "unlabeled": ...}, "max_size_cycle")``.
 
         Batch sizes are per process. Under DDP each sampler is this rank's share of the one-process draw
-        (:meth:`_shard`), so ``world_size`` processes with batch ``B`` see the batches of one process with batch
-        ``world_size * B``.
+        (:class:`~textseg.sampling.EpochSampler`), so ``world_size`` processes with batch ``B`` see the batches, and
+        the augmentations, of one process with batch ``world_size * B``. Both loaders are resumable mid-epoch.
 
         Raises:
             DataError: If a training set has fewer samples than there are processes.
@@ -324,45 +321,30 @@ class TextSegDataModule(LightningDataModule):
         for key, records in used.items():
             if len(records) < world:
                 raise DataError(f"the {key} training set has {len(records)} samples, fewer than the {world} processes")
-        lab_ds = self._dataset("labeled", "labeled", 1)
+        lab_ds = self._dataset("labeled", "labeled")
         if not hp.use_unlabeled:
-            gen = self._generator(1)
-            loader = self._loader(
-                lab_ds,
-                hp.batch_size,
-                sampler=self._shard(RandomSampler(lab_ds, generator=gen)),
-                drop_last=len(labeled) // world >= hp.batch_size,
-                generator=gen,
-            )
+            loader = self._loader(lab_ds, hp.batch_size, 1, self._sampler(len(lab_ds), 1))
             return CombinedLoader({"labeled": loader}, "max_size_cycle")
         ubs = hp.unlabeled_batch_size or hp.batch_size
         steps = max(1, len(unlabeled) // world // ubs)
-        sampler = RandomSampler(
-            lab_ds, replacement=True, num_samples=world * steps * hp.batch_size, generator=self._generator(1)
-        )
-        unl_ds = self._dataset("unlabeled", "unlabeled", 2)
-        gen = self._generator(2)
+        unl_ds = self._dataset("unlabeled", "unlabeled")
         loaders = {
-            "labeled": self._loader(lab_ds, hp.batch_size, sampler=self._shard(sampler), drop_last=True),
-            "unlabeled": self._loader(
-                unl_ds,
-                ubs,
-                sampler=self._shard(RandomSampler(unl_ds, generator=gen)),
-                drop_last=len(unlabeled) // world >= ubs,
-                generator=gen,
+            "labeled": self._loader(
+                lab_ds, hp.batch_size, 1, self._sampler(len(lab_ds), 1, num_samples=world * steps * hp.batch_size)
             ),
+            "unlabeled": self._loader(unl_ds, ubs, 2, self._sampler(len(unl_ds), 2)),
         }
         return CombinedLoader(loaders, "max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
         """Labeled validation loader (no augmentation)."""
-        return self._loader(self._dataset("val", "eval", 3), self.hp.eval_batch_size)
+        return self._loader(self._dataset("val", "eval"), self.hp.eval_batch_size, 3)
 
     def test_dataloader(self) -> DataLoader:
         """Labeled test loader (no augmentation)."""
-        return self._loader(self._dataset("test", "eval", 4), self.hp.eval_batch_size)
+        return self._loader(self._dataset("test", "eval"), self.hp.eval_batch_size, 4)
 
     def predict_dataloader(self) -> DataLoader:
         """``predict_images`` with their texts, or the test split, for ``textseg predict``."""
         key = "predict" if "predict" in self.splits else "test"
-        return self._loader(self._dataset(key, "predict", 4), self.hp.eval_batch_size)
+        return self._loader(self._dataset(key, "predict"), self.hp.eval_batch_size, 4)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -17,14 +18,27 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from textseg.callbacks import RunCardCallback, TextSegWandbLogger
 from textseg.datamodule import TextSegDataModule
+from textseg.errors import DataError
 from textseg.methods import SemiMedRefModule, SupervisedModule, TextSegModule
 
-__all__ = ["DESCRIPTION", "SemiMedRefModule", "SupervisedModule", "TextSegCLI", "run_lightning_cli"]
+__all__ = [
+    "DESCRIPTION",
+    "WEIGHTS_ONLY_DEFAULT",
+    "SemiMedRefModule",
+    "SupervisedModule",
+    "TextSegCLI",
+    "run_lightning_cli",
+]
 
 #: Loggers whose run directory ``--run_dir`` sets.
 _DIR_LOGGERS = ("CSVLogger", "TensorBoardLogger")
 #: Logger used by ``--run_dir`` when the config has none.
-_DEFAULT_LOGGER = "lightning.pytorch.loggers.CSVLogger"
+_DEFAULT_LOGGER = "textseg.loggers.CSVLogger"
+#: Default of ``--weights_only`` in every Lightning subcommand: checkpoints are read with torch's restricted
+#: unpickler (tensors and plain containers only), never with full pickle.
+WEIGHTS_ONLY_DEFAULT = True
+#: ``--ckpt_path`` values that Lightning resolves itself (prefixes: ``registry:name``, ``hpc``...).
+_SPECIAL_CKPT = ("best", "last", "hpc", "registry")
 #: Description of ``textseg --help``.
 DESCRIPTION = (
     "textseg: semi-supervised, text-guided medical image segmentation. Lightning subcommands: fit, validate, test, "
@@ -36,6 +50,9 @@ DESCRIPTION = (
 class TextSegCLI(LightningCLI):
     """LightningCLI with ``--test_after_fit``, ``--seed``, ``--run_dir``, a run card and W&B run naming.
 
+    Every Lightning subcommand defaults ``--weights_only`` to ``True`` (:data:`WEIGHTS_ONLY_DEFAULT`), so
+    ``--ckpt_path`` and ``--test_after_fit`` never unpickle arbitrary objects.
+
     Args:
         *args: :class:`~lightning.pytorch.cli.LightningCLI` arguments.
         command: The command line recorded in ``run_card.json`` (default ``sys.argv``).
@@ -45,6 +62,64 @@ class TextSegCLI(LightningCLI):
     def __init__(self, *args: Any, command: Sequence[str] | None = None, **kwargs: Any) -> None:
         self._command = list(command) if command is not None else None
         super().__init__(*args, **kwargs)
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        """Build the parsers, then default ``--weights_only`` to ``True`` in every Lightning subcommand.
+
+        LightningCLI adds the ``Trainer.fit/validate/test/predict`` arguments (``ckpt_path``, ``weights_only``) to
+        each subcommand parser after :meth:`add_arguments_to_parser`, so the default is set here, on the main parser.
+        Lightning's own default (``None``) lets torch decide, which means full pickle for an ``http`` checkpoint or
+        under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``; ``--weights_only false`` still opts out for a trusted file.
+        Lightning versions whose trainer methods lack ``weights_only`` are left unchanged.
+        """
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if not add_subcommands:
+            return
+        for name in self.subcommands():
+            try:
+                self.parser.set_defaults({f"{name}.weights_only": WEIGHTS_ONLY_DEFAULT})
+            except KeyError:  # jsonargparse's NSKeyError: this Lightning has no ``weights_only`` argument
+                continue
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before anything runs, then let Lightning read its hyper-parameters.
+
+        LightningCLI replaces the configured model by the checkpoint's (class and arguments) when ``--ckpt_path`` is a
+        file. A checkpoint of another method would silently turn, say, ``test --config semimedref...`` into a test of
+        the supervised baseline, so that is an error here, as are a missing file and one that is not a readable
+        checkpoint. Lightning's special values (``best``, ``last``, ``hpc``, ``registry``) are resolved later; the
+        module's ``on_load_checkpoint`` checks those.
+
+        Raises:
+            DataError: Naming the file and the problem.
+        """
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and str(path) not in _SPECIAL_CKPT and not str(path).startswith(_SPECIAL_CKPT):
+            self._check_ckpt_file(Path(path), str(self.config[subcommand].get("model.class_path") or ""))
+        super()._parse_ckpt_path()
+
+    @staticmethod
+    def _check_ckpt_file(path: Path, model_class_path: str) -> None:
+        if not path.is_file():
+            raise DataError(f"checkpoint file not found: {path}")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # any unpickling/format failure means "not a checkpoint"
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise DataError(f"{path} is not a readable checkpoint (torch.load, weights_only=True: {reason})") from exc
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise DataError(f"{path} is not a Lightning checkpoint (no state_dict)")
+        hparams = ckpt.get("hyper_parameters") or {}
+        saved = (ckpt.get("textseg") or {}).get("method") or str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]
+        wanted = model_class_path.rsplit(".", 1)[-1]
+        if saved and wanted and saved != wanted:
+            raise DataError(
+                f"checkpoint {path} was saved by {saved}, but the configured model is {wanted}; use the config of "
+                "the run that wrote it"
+            )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add ``--test_after_fit``, ``--seed`` and ``--run_dir``."""
@@ -178,11 +253,17 @@ class TextSegCLI(LightningCLI):
             )
 
     def after_fit(self) -> None:
-        """Test the best (or last) checkpoint when ``--test_after_fit`` is set, then finish the W&B run."""
-        if self.config.get("fit", {}).get("test_after_fit"):
+        """Test the best (or last) checkpoint when ``--test_after_fit`` is set, then finish the W&B run.
+
+        The checkpoint is read with fit's ``--weights_only`` (``True`` by default).
+        """
+        fit_config = self.config.get("fit", {})
+        if fit_config.get("test_after_fit"):
             callback = self.trainer.checkpoint_callback
             ckpt = "best" if getattr(callback, "best_model_path", None) else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            weights_only = fit_config.get("weights_only")
+            kwargs = {} if weights_only is None else {"weights_only": weights_only}
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, **kwargs)
         self._finish_wandb()
 
     def after_validate(self) -> None:

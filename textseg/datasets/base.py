@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
-from textseg.datasets.io import DirIndex, read_image, read_mask, read_size
+from textseg.datasets.io import DirIndex, is_unterminated, read_image, read_mask, read_size
 from textseg.datasets.splits import Rounding, check_ratio, select_labeled
 from textseg.errors import DataError
 
@@ -209,17 +209,18 @@ class RecordBuilder:
             self.problems.append(f"duplicate row for {row.key}: {self._keys[row.key]} and {row.source}")
             return None
         self._keys[row.key] = row.source
-        if not row.text.strip():
-            self.problems.append(f"{row.source}: empty text for image {row.image_name}")
-            return None
         image = images.get(row.image_name)
         mask = masks.get(row.mask_name)
         if mask is not None:
             self._used[mask_dir].add(mask.name.lower())
+        if image is not None:
+            self._used[image_dir].add(image.name.lower())
+        if not row.text.strip():  # after marking the files used: they do have a (bad) row
+            self.problems.append(f"{row.source}: empty text for image {row.image_name}")
+            return None
         if image is None:
             self.problems.append(f"{row.source}: text row names image {row.image_name}, not found in {image_dir}")
             return None
-        self._used[image_dir].add(image.name.lower())
         if mask is None:
             self.problems.append(f"image {image} has no mask: expected {mask_dir / row.mask_name}")
             return None
@@ -238,13 +239,17 @@ class RecordBuilder:
         self._ids[record.id] = row.source
         return record
 
-    def finish(self, context: str, image_dirs: Iterable[Path], mask_dirs: Iterable[Path]) -> None:
+    def finish(
+        self, context: str, image_dirs: Iterable[Path], mask_dirs: Iterable[Path], text_files: Iterable[Path] = ()
+    ) -> None:
         """Report unused images/masks in the given folders and raise if any problem was found.
 
         Args:
             context: Dataset description for the error message.
             image_dirs: Folders whose every image must have a text row.
             mask_dirs: Folders whose every mask must belong to a text row.
+            text_files: The text files the rows came from. When there are problems, a file that does not end with a
+                line break is named first as probably truncated (the likely cause of images without a text row).
 
         Raises:
             DataError: Listing every problem found.
@@ -258,6 +263,13 @@ class RecordBuilder:
                 for name, path in index.files.items():
                     if name not in used:
                         self.problems.append(f"{what} {path} has no text row")
+        if self.problems:
+            cut = [
+                f"text file {path} does not end with a line break: it looks truncated (rows missing at its end)"
+                for path in dict.fromkeys(text_files)
+                if is_unterminated(path)
+            ]
+            self.problems[:0] = cut
         raise_problems(self.problems, context)
 
 

@@ -8,7 +8,8 @@ case-insensitively (``data.md`` §7); a row naming a QaTa *mask* (``mask_X.png``
 ``prompt/*.csv``) is matched to the image ``X.png`` when no file of that name exists.
 
 There are no masks: every :class:`~textseg.datasets.base.Record` has ``mask=None``. The positional label comes from
-:func:`textseg.text.position_label`.
+:func:`textseg.text.position_label`. Every image is decoded once before the records are returned (``check="full"``),
+so that a corrupt file stops ``textseg predict`` before the first prediction is written.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from textseg.datasets.base import Record, as_position, raise_problems
-from textseg.datasets.io import DirIndex, read_text_table
+from textseg.datasets.io import DirIndex, read_image, read_size, read_text_table
 from textseg.errors import DataError
 
 __all__ = ["IMAGE_COLUMNS", "TEXT_COLUMNS", "folder_records"]
@@ -36,6 +37,7 @@ def folder_records(
     modality: int = 0,
     *,
     bare_side: Literal["all", "none"] = "all",
+    check: Literal["full", "fast", "off"] = "full",
 ) -> list[Record]:
     """Pair a folder of images with a CSV of referring texts.
 
@@ -45,6 +47,8 @@ def folder_records(
             ``Text``), comma or semicolon separated.
         modality: Modality code stored in the records (0 = X-ray, 1 = CT).
         bare_side: Positional-label convention for a side named without a level (``data.md`` §4.3).
+        check: Validation of the image files named by the CSV: ``"full"`` decodes every image, ``"fast"`` reads the
+            PNG headers only, ``"off"`` checks nothing beyond their existence.
 
     Returns:
         One record per CSV row, in file order, with ``mask=None``, ``id`` = image file name without extension and
@@ -53,7 +57,8 @@ def folder_records(
     Raises:
         DataError: If the folder or the CSV is missing or unreadable, a row names an image that is not in the folder
             (naming the CSV file, line and image), an image of the folder has no text row, or two rows resolve to
-            the same image id. All problems are listed in one message.
+            the same image id, or (``check``) an image is unreadable or corrupt. All problems are listed in one
+            message.
     """
     from textseg.text import position_label  # lazy: keeps the dataset readers independent of text code
 
@@ -63,6 +68,8 @@ def folder_records(
         raise DataError(f"image folder not found: {folder}")
     if modality not in (0, 1):
         raise DataError(f"modality must be 0 (X-ray) or 1 (CT), got {modality!r}")
+    if check not in ("full", "fast", "off"):
+        raise DataError(f"check {check!r} is not 'full', 'fast' or 'off'")
     index = DirIndex.scan(folder)
     rows = read_text_table(table, IMAGE_COLUMNS, TEXT_COLUMNS)
     problems: list[str] = []
@@ -82,6 +89,14 @@ def folder_records(
             continue
         ids[image.stem] = where
         used.add(image.name.lower())
+        try:
+            if check == "full":
+                read_image(image)
+            elif check == "fast":
+                read_size(image, "image")
+        except DataError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
         try:
             position = as_position(position_label(row.text, bare_side=bare_side), where)
         except DataError as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "TextRow",
     "find_child",
     "find_subdir",
+    "is_unterminated",
     "read_image",
     "read_mask",
     "read_size",
@@ -137,13 +138,22 @@ def read_mask(path: Path) -> np.ndarray:
     """
     path = Path(path)
     im = _load(path, "mask")
-    if im.mode in ("RGB", "RGBA", "RGBX"):
+    if im.mode in ("L", "1", "P"):  # 8-bit fast path (QaTa, MosMed): a 256-bin histogram instead of a sort
+        grey = np.asarray(im.convert("L") if im.mode != "L" else im, dtype=np.uint8)
+        counts = np.bincount(grey.ravel(), minlength=256)
+        present = np.flatnonzero(counts)
+        foreground = present[present != 0]
+        if foreground.size == 0:
+            return np.zeros(grey.shape, dtype=np.uint8)
+        if foreground.size == 1 and float(foreground[0]) in _MASK_FOREGROUND_VALUES:
+            return (grey != 0).astype(np.uint8)
+        values = grey.astype(np.float64)
+    elif im.mode in ("RGB", "RGBA", "RGBX"):
         values = np.asarray(im)[..., :3].astype(np.float64).mean(axis=-1)
     elif im.mode == "LA":
         values = np.asarray(im)[..., 0].astype(np.float64)
-    elif im.mode in ("L", "1", "P", "I", "F") or im.mode.startswith("I;16"):
-        source = im.convert("L") if im.mode in ("1", "P") else im
-        values = np.asarray(source).astype(np.float64)
+    elif im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        values = np.asarray(im).astype(np.float64)
     else:
         values = np.asarray(im.convert("L")).astype(np.float64)
     found = np.unique(values)
@@ -314,6 +324,49 @@ def _header_columns(line: str, delimiter: str) -> list[str]:
     return [c.strip().strip('"').strip().lower() for c in cells]
 
 
+def _field_count_hint(cells: Sequence[str], n_columns: int, delimiter: str, *, last: bool, cut: bool) -> str:
+    """A hint appended to a "wrong number of fields" message: truncation, unquoted delimiter or another delimiter.
+
+    Args:
+        cells: The row's fields.
+        n_columns: Number of header columns.
+        delimiter: The header's delimiter.
+        last: The row is the last line of the file.
+        cut: The file does not end with a line break.
+
+    Returns:
+        ``""`` or ``"; <hint>"``.
+    """
+    if last and cut and len(cells) < n_columns:
+        return "; the file ends in the middle of this row without a line break: it looks truncated"
+    others = [d for d in _DELIMITERS if d != delimiter and any(d in c for c in cells)]
+    if len(cells) < n_columns and others:
+        return f"; the row seems to be separated by {others[0]!r} while the header uses {delimiter!r}"
+    if len(cells) > n_columns:
+        return (
+            f"; a text that contains the delimiter {delimiter!r} must be quoted (or the file written with "
+            f"another delimiter, as LViT's ';' MosMed files)"
+        )
+    return ""
+
+
+def is_unterminated(path: Path) -> bool:
+    """Whether a non-empty text file does not end with a line break (a sign of a truncated file).
+
+    Args:
+        path: The file.
+
+    Returns:
+        ``True`` if the file exists, is not empty and its last byte is not a line feed or carriage return.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as handle:
+        handle.seek(-1, io.SEEK_END)
+        return handle.read(1) not in (b"\n", b"\r")
+
+
 def read_text_table(
     path: Path,
     image_columns: Sequence[str] = ("image",),
@@ -366,6 +419,8 @@ def read_text_table(
         )
     image_col = next(columns.index(c) for c in image_columns if c in columns)
     text_col = next(columns.index(c) for c in text_columns if c in columns)
+    n_lines = len(io.StringIO(content, newline="").readlines())  # physical lines as the csv reader counts them
+    unterminated = not content.endswith(("\n", "\r"))
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
     rows: list[TextRow] = []
     seen: dict[str, int] = {}
@@ -378,18 +433,20 @@ def read_text_table(
             header_done = True
             continue
         if len(cells) != len(columns):
+            hint = _field_count_hint(cells, len(columns), delimiter, last=reader.line_num >= n_lines, cut=unterminated)
             raise DataError(
                 f"text file {path}, line {line}: {len(cells)} fields for {len(columns)} columns "
-                f"(delimiter {delimiter!r}); row {delimiter.join(cells)!r}"
+                f"(delimiter {delimiter!r}); row {delimiter.join(cells)!r}{hint}"
             )
         image = cells[image_col].strip()
         text = cells[text_col].strip()
         if not image:
             raise DataError(f"text file {path}, line {line}: empty image name")
-        if any(d in image for d in _DELIMITERS):
+        found = [d for d in _DELIMITERS if d in image]
+        if found:
             raise DataError(
-                f"text file {path}, line {line}: image name {image!r} contains a delimiter; the rows do not "
-                f"match the header's delimiter {delimiter!r}"
+                f"text file {path}, line {line}: image name {image!r} contains the delimiter {found[0]!r}; the rows "
+                f"are not separated by the header's delimiter {delimiter!r}"
             )
         if not text:
             raise DataError(f"text file {path}, line {line}: empty text for image {image}")

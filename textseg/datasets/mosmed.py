@@ -154,7 +154,12 @@ class MosMedDataPlus(SegDataset):
                 records.append(builder.add(pending, image_dir, mask_dir))
             splits[split] = [r for r in records if r is not None]
         used = list(dict.fromkeys(dirs.values()))
-        builder.finish(f"MosMedData+ ({layout} layout) at {path}", [d[0] for d in used], [d[1] for d in used])
+        builder.finish(
+            f"MosMedData+ ({layout} layout) at {path}",
+            [d[0] for d in used],
+            [d[1] for d in used],
+            self.text_files.values(),
+        )
         self._set_splits(splits)
 
     @staticmethod

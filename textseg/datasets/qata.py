@@ -159,6 +159,8 @@ class QaTaCOV19(SegDataset):
             raise DataError(
                 f"positions='annotation' but no annotation.json in {path} (looked in the root, prompts/, prompt/)"
             )
+        #: The CSV files of the GuideDecoder/Kaggle layouts (``"train"``, ``"test"``); empty for SGSeg's JSON.
+        self.text_files: dict[str, Path] = {}
         builder = RecordBuilder(self.modality)
         if layout == "sgseg":
             if annotation_path is None:
@@ -172,7 +174,12 @@ class QaTaCOV19(SegDataset):
             records = [builder.add(row, image_dir, mask_dir) for row in pending[split]]
             splits[split] = [r for r in records if r is not None]
         used_dirs = list(dict.fromkeys(dirs.values()))
-        builder.finish(f"QaTa-COV19 ({layout} layout) at {path}", [d[0] for d in used_dirs], [d[1] for d in used_dirs])
+        builder.finish(
+            f"QaTa-COV19 ({layout} layout) at {path}",
+            [d[0] for d in used_dirs],
+            [d[1] for d in used_dirs],
+            self.text_files.values(),
+        )
         self._set_splits(splits)
 
     # ------------------------------------------------------------------------------------------- layout
@@ -251,6 +258,7 @@ class QaTaCOV19(SegDataset):
             if found is None:
                 raise DataError(f"{self.layout} layout at {root}: no {which}.csv in prompt/, prompts/ or the root")
             csvs[which] = found
+        self.text_files = dict(csvs)
         labels: dict[str, Position] = {}
         if annotation_path is not None:
             for split, entries in read_annotation(annotation_path).items():

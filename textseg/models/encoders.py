@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -510,6 +510,33 @@ class TextEncoder(nn.Module):
         )
         device = self.device if on_device else torch.device("cpu")
         return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+
+    def check_lengths(self, texts: Mapping[str, str], max_named: int = 3) -> None:
+        """Fail before training if a dataset text would be truncated at ``max_length`` tokens.
+
+        Real QaTa-COV19 and MosMedData+ texts all fit in 24 tokens (``data.md`` §8); a longer one is a data error,
+        not something to cut silently. (Texts built during training -- PosAug, T-PatchMix span mixing -- are
+        truncated as in the reference code.)
+
+        Args:
+            texts: Text -> where it comes from (file and record), for the message.
+            max_named: Texts named in the message at most.
+
+        Raises:
+            DataError: Naming the longest texts, their token counts (with [CLS]/[SEP]) and ``max_length``.
+        """
+        unique = list(texts)
+        if not unique:
+            return
+        counts = [len(ids) for ids in self.tokenizer(unique, add_special_tokens=True, truncation=False)["input_ids"]]
+        long = sorted(((n, t) for n, t in zip(counts, unique, strict=True) if n > self.max_length), reverse=True)
+        if long:
+            named = "; ".join(f"{texts[t]}: {n} tokens ({t[:80]!r})" for n, t in long[:max_named])
+            raise DataError(
+                f"{len(long)} text(s) longer than the text encoder's max_length {self.max_length} tokens "
+                f"({self.spec!r} tokenizer), which would be truncated: {named}. Shorten them, or raise "
+                "--model.init_args.max_length"
+            )
 
     def _encode(self, enc: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Run BERT (full precision, autocast off) on tokenised input; return ``(tokens, mask, pooled)``."""
