@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--burn_in", type=int, default=None, help="burn-in epochs (default: epochs // 5)")
     parser.add_argument("--ema_end", type=float, default=0.999, help="final EMA momentum of the teacher")
     parser.add_argument("--itcl_u", type=float, default=0.1, help="weight of the unlabeled ITCL term (lambda_itcl^u)")
+    parser.add_argument("--text_aug", default="posaug", choices=["posaug", "textstrong", "none"], help="student text")
     parser.add_argument("--eval_teacher", action="store_true", help="select and test the EMA teacher (both methods)")
     parser.add_argument("--only", choices=["supervised", "semimedref"], default=None, help="train one method only")
     parser.add_argument("--seed", type=int, default=42)
@@ -108,7 +109,8 @@ def main() -> None:
     burn_in = max(1, args.epochs // 5) if args.burn_in is None else args.burn_in
     semi_kwargs = {"burn_in_epochs": burn_in, "lambda_u_ramp_epochs": burn_in, "ema_ramp_epochs": 2 * burn_in,
                    "lambda_u": args.lambda_u, "ema_end": args.ema_end, "lambda_itcl_unsup": args.itcl_u,
-                   "eval_teacher": args.eval_teacher, "mix_prob": 0.5, "mix_block": 8}  # fmt: skip
+                   "eval_teacher": args.eval_teacher, "text_aug": args.text_aug, "mix_prob": 0.5,
+                   "mix_block": 8}  # fmt: skip
     modules = {
         "supervised": lambda: SupervisedModule(**model_kwargs(args)),
         "semimedref": lambda: SemiMedRefModule(**model_kwargs(args), **semi_kwargs),
@@ -127,7 +129,8 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/semimedref_synthetic.py --ratio {args.ratio} --epochs {args.epochs} "
         f"--n_train {args.n_train} --image_size {args.image_size} --backbone {args.backbone} "
-        f"--lambda_u {args.lambda_u} --burn_in {burn_in} --ema_end {args.ema_end} --itcl_u {args.itcl_u}"
+        f"--lambda_u {args.lambda_u} --burn_in {burn_in} --ema_end {args.ema_end} --itcl_u {args.itcl_u} "
+        f"--text_aug {args.text_aug}"
         f"{' --eval_teacher' if args.eval_teacher else ''}` (CPU, tiny ConvNeXt, packaged MiniLM text encoder).",
         "",
         "| method | test Dice (pooled) | test IoU | Dice per image | Dice, shuffled texts | train time (s) |",

@@ -22,10 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import get_track_meta, set_track_meta
-from monai.transforms import Compose
+from monai.transforms import Compose, Randomizable
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["EpochSampler", "ResumableLoader", "SeededDataset", "derive_seed"]
+__all__ = ["EpochSampler", "ResumableLoader", "SeededDataset", "derive_seed", "random_states"]
+
+#: Odd 32-bit constant (golden ratio) spacing the seeds of the random transforms of one sample.
+_SEED_STRIDE = 0x9E3779B9
 
 
 def derive_seed(*parts: int) -> int:
@@ -38,6 +41,28 @@ def derive_seed(*parts: int) -> int:
         An integer in ``[0, 2**32)``.
     """
     return int(np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(1)[0])
+
+
+def random_states(transform: Any) -> list[np.random.RandomState]:
+    """Every NumPy ``RandomState`` that draws in ``transform`` (a MONAI transform, nested ones included), in order."""
+    found: list[np.random.RandomState] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        state = getattr(obj, "R", None)
+        if isinstance(obj, Randomizable) and isinstance(state, np.random.RandomState) and id(state) not in seen:
+            seen.add(id(state))
+            found.append(state)
+        children = obj.transforms if isinstance(obj, Compose) else vars(obj).values()
+        for child in children:
+            if isinstance(child, (Randomizable, Compose)):
+                visit(child)
+
+    visit(transform)
+    return found
 
 
 class EpochSampler(DistributedSampler):  # type: ignore[type-arg]
@@ -111,6 +136,7 @@ class SeededDataset(Dataset):  # type: ignore[type-arg]
 
     def __init__(self, data: Sequence[Any], transform: Compose) -> None:
         self.data, self.transform = list(data), transform
+        self._states = random_states(transform)
 
     def __len__(self) -> int:
         """Number of samples."""
@@ -118,9 +144,10 @@ class SeededDataset(Dataset):  # type: ignore[type-arg]
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         """The sample at ``key`` (an index, or ``(index, seed)`` to fix its augmentation)."""
-        if isinstance(key, tuple):
+        if isinstance(key, tuple):  # re-seed in place (MONAI's set_random_state builds new RandomStates: ~1 ms)
             key, seed = key
-            self.transform.set_random_state(seed=seed)
+            for k, state in enumerate(self._states):
+                state.seed((seed + k * _SEED_STRIDE) % 2**32)
         tracking = get_track_meta()
         set_track_meta(False)
         try:
