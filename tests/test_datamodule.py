@@ -406,3 +406,27 @@ def test_resumable_loader_continues_mid_epoch(qata_root: Path) -> None:
         dl.load_state_dict({"epoch": 0, "batches": len(dl)})
         assert dl.sampler.epoch == 1
     assert len([b for b, _, _ in nxt]) == len(full)
+
+
+def test_fast_transforms_match_monai() -> None:
+    """``ZScored`` equals MONAI's ``NormalizeIntensityd(channel_wise=True)`` (constant images included), and
+    ``ResizeIfNeededd`` equals ``Resized`` + clip, skipping both when the size already matches."""
+    from monai.transforms import NormalizeIntensityd, Resized, ScaleIntensityRanged
+
+    from textseg.transforms import ResizeIfNeededd, ZScored
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 40, 40, generator=gen) * 3 + 1
+    x[1] = 0.5  # a constant channel
+    ref = NormalizeIntensityd(keys="image", channel_wise=True)({"image": x.clone()})["image"]
+    assert torch.allclose(ZScored(keys="image")({"image": x.clone()})["image"], torch.as_tensor(ref), atol=1e-5)
+    img = torch.rand(1, 48, 48, generator=gen)
+    mask = (torch.rand(1, 48, 48, generator=gen) > 0.7).float()
+    fast = ResizeIfNeededd(["image", "mask"], 32, ["bicubic", "nearest"])({"image": img, "mask": mask})
+    slow = Resized(keys=["image", "mask"], spatial_size=(32, 32), mode=["bicubic", "nearest"], anti_aliasing=False)(
+        {"image": img, "mask": mask}
+    )
+    slow = ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True)(slow)
+    assert all(torch.equal(torch.as_tensor(fast[k]), torch.as_tensor(slow[k])) for k in ("image", "mask"))
+    same = ResizeIfNeededd(["image", "mask"], 48, ["bicubic", "nearest"])({"image": img, "mask": mask})
+    assert same["image"] is img and same["mask"] is mask

@@ -54,3 +54,41 @@ def test_bf16_mixed_channels_last_fit(method: str, qata_root: Path, mosmed_root:
     conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(p.dtype == torch.float32 for p in module.net.parameters())  # master weights stay fp32
+
+
+@pytest.mark.slow  # TorchDynamo tracing: ~40-75 s on 2 cores; `make test-all`
+def test_compile_option(qata_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile=True`` compiles student and teacher in place (TorchDynamo; the ``eager`` backend here, so no C++
+    toolchain is needed): training runs, state-dict keys are unchanged, and the compiled networks compute what the
+    plain ones compute."""
+    plain_compile = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: plain_compile(self, backend="eager"))
+    torch.manual_seed(0)
+    kwargs: dict[str, Any] = {
+        "backbone": "mmiunet",
+        "vision_encoder": "tiny",
+        "text_encoder": "tiny",
+        "project_dim": 16,
+    }
+    module = SemiMedRefModule(compile=True, burn_in_epochs=0, lambda_u_ramp_epochs=0, **kwargs)
+    dm = TextSegDataModule(dataset="qata", root=str(qata_root), labeled_ratio=0.25, image_size=64, batch_size=2)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    assert module.net._compiled_call_impl is not None and module.teacher._compiled_call_impl is not None
+    plain = SemiMedRefModule(**kwargs)
+    assert plain.state_dict().keys() == module.state_dict().keys()
+    plain.load_state_dict(module.state_dict())
+    module.eval(), plain.eval()
+    image = torch.randn(2, 1, 64, 64)
+    texts = ["Unilateral pulmonary infection, one infected area, lower left lung."] * 2
+    with torch.no_grad():
+        assert torch.allclose(module(image, texts)["logits"], plain(image, texts)["logits"], atol=1e-5)
