@@ -1,7 +1,8 @@
 """The thin base LightningModule shared by every method: networks, losses, metrics, evaluation, optimiser.
 
 Subclasses implement ``training_step`` (and own their teacher). Evaluation, the AdamW + cosine recipe
-(``methods.md`` §7), the synchronisation of BatchNorm statistics under DDP and ``test_metrics.json`` live here.
+(``methods.md`` §7), the synchronisation of BatchNorm statistics under DDP, ``test_metrics.json`` and the checkpoint
+hooks (method stamp, RNG states, refusing another method's checkpoint: :mod:`textseg.checkpointing`) live here.
 """
 
 from __future__ import annotations
