@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from fit_and_test import fit_and_test
 
 from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule
 from textseg.metrics import binarize_logits, segmentation_metrics
@@ -57,23 +54,9 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def train(name: str, module: Any, dm: TextSegDataModule, args: argparse.Namespace) -> tuple[Any, dict[str, float]]:
-    seed_everything(args.seed)
-    ckpt = ModelCheckpoint(monitor="val_dice", mode="max", filename="best")
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=args.epochs,
-        logger=CSVLogger(args.log_dir, name=name),
-        callbacks=[ckpt],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    elapsed = time.perf_counter() - start
-    result = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False, weights_only=True)[0]
-    best = type(module).load_from_checkpoint(ckpt.best_model_path, weights_only=True)
-    return best, {**result, "train_seconds": elapsed}
+    """Fit and test ``module``; return the best checkpoint's module and its test metrics."""
+    best_path, metrics = fit_and_test(name, module, dm, args.epochs, args.log_dir, args.seed)
+    return type(module).load_from_checkpoint(best_path, weights_only=True), metrics
 
 
 @torch.no_grad()

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from fit_and_test import fit_and_test
 
 from textseg import TextMoEModule, TextSegDataModule
 
@@ -54,26 +51,10 @@ def datamodule(args: argparse.Namespace, datasets: list[str]) -> TextSegDataModu
 
 def train(name: str, datasets: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Fit TextMoE on ``datasets``, test the best checkpoint, return the test metrics and the wall time."""
-    seed_everything(args.seed)
     module = TextMoEModule(
         vision_encoder="tiny", text_encoder="minilm", lr=args.lr, min_lr=1e-5, pretrain_epochs=args.pretrain_epochs
     )
-    ckpt = ModelCheckpoint(monitor="val_dice", mode="max", filename="best")
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=args.epochs,
-        logger=CSVLogger(args.log_dir, name=name),
-        callbacks=[ckpt],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-    )
-    dm = datamodule(args, datasets)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    elapsed = time.perf_counter() - start
-    result = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False, weights_only=True)[0]
-    return {**{k: float(v) for k, v in result.items()}, "train_seconds": elapsed}
+    return fit_and_test(name, module, datamodule(args, datasets), args.epochs, args.log_dir, args.seed)[1]
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ checkpointing every 3 optimizer steps (``last.ckpt``) into ``--run_dir``. Interr
 
 * **SIGKILL** after 7 optimizer steps (epoch 1 of 4-step epochs, after the unlabeled branch has started): nothing runs
   after it; the run is resumed with ``--ckpt_path last`` from the step-6 checkpoint, mid-epoch;
-* **SIGTERM** (SLURM pre-emption) after 5 steps: :class:`~textseg.checkpointing.PreemptionCheckpoint` saves
+* **SIGTERM** (SLURM pre-emption) after 5 steps: :class:`~textseg.checkpointing.ResumeState` saves
   ``last.ckpt`` after the batch in flight (step 6) and the process exits with code 143; it is resumed the same way.
 
 Compared with the uninterrupted run: every tensor of the final checkpoint (student, EMA teacher, buffers; and the

@@ -9,9 +9,10 @@ momentum) are functions of the restored epoch/step, and the methods' own random 
 * ``checkpoint["textseg"]``: the method's class name and backbone, checked when a checkpoint is loaded so that a
   checkpoint of another method or network fails with a clear :class:`~textseg.errors.DataError` instead of a wall of
   missing-key errors;
-* the global torch / CUDA / NumPy / Python RNG states (dropout), restored when training resumes;
-* :class:`PreemptionCheckpoint`: on SIGTERM (SLURM pre-emption, ``scancel``) save ``last.ckpt`` after the current
-  batch and stop.
+* :class:`ResumeState`, a callback every textseg module attaches: it saves the global torch / CUDA / NumPy / Python
+  RNG states (dropout) in every checkpoint and restores them when ``fit`` resumes, tells textseg's CSV logger to
+  continue ``metrics.csv``, and on SIGTERM (SLURM pre-emption, ``scancel``) saves ``last.ckpt`` after the current
+  batch and stops.
 
 Everything stored is a tensor, an int, a float, a string or a tuple/list/dict of them, so checkpoints load with
 ``torch.load(weights_only=True)``.
@@ -31,10 +32,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from textseg.errors import DataError
 
-__all__ = ["KEY", "PreemptionCheckpoint", "check_fits", "restore_rng", "stamp"]
+__all__ = ["KEY", "RNG_KEY", "ResumeState", "check_fits", "refuse_other_method", "restore_rng", "saved_method", "stamp"]
 
 #: Key of textseg's entry in a checkpoint.
 KEY = "textseg"
+#: Key of the global RNG states in a checkpoint.
+RNG_KEY = "textseg_rng"
 #: Keys named in a mismatch message at most.
 MAX_NAMED = 3
 #: Exit code after a SIGTERM save (128 + SIGTERM, the shell convention), so that `fit && test` does not go on.
@@ -55,17 +58,30 @@ def _rng_state() -> dict[str, Any]:
 
 
 def stamp(checkpoint: dict[str, Any], module: LightningModule) -> None:
-    """Record the method, its backbone and the global RNG states in ``checkpoint["textseg"]``."""
-    checkpoint[KEY] = {
-        "method": type(module).__name__,
-        "backbone": str(module.hparams.get("backbone", "")),
-        "rng": _rng_state(),
-    }
+    """Record the method and its backbone in ``checkpoint["textseg"]``."""
+    checkpoint[KEY] = {"method": type(module).__name__, "backbone": str(module.hparams.get("backbone", ""))}
+
+
+def saved_method(checkpoint: dict[str, Any]) -> str:
+    """Class name of the module that saved ``checkpoint`` (textseg's stamp, else LightningCLI's ``_class_path``)."""
+    method = (checkpoint.get(KEY) or {}).get("method")
+    return str(method or (checkpoint.get("hyper_parameters") or {}).get("_class_path", "")).rsplit(".", 1)[-1]
+
+
+def refuse_other_method(checkpoint: dict[str, Any], wanted: str, where: str) -> None:
+    """Raise a :class:`~textseg.errors.DataError` when ``checkpoint`` was saved by another class than ``wanted``."""
+    saved = saved_method(checkpoint)
+    if saved and wanted and saved != wanted:
+        backbone = (checkpoint.get(KEY) or {}).get("backbone")
+        by = f"{saved}(backbone={backbone!r})" if backbone else saved
+        raise DataError(
+            f"{where} was saved by {by}, but the configured model is {wanted}; use the config of the run that wrote it"
+        )
 
 
 def restore_rng(checkpoint: dict[str, Any]) -> None:
-    """Set the global RNG states saved by :func:`stamp` (no-op for checkpoints without them)."""
-    state = checkpoint.get(KEY, {}).get("rng")
+    """Set the global RNG states saved by :class:`ResumeState` (no-op for checkpoints without them)."""
+    state = checkpoint.get(RNG_KEY)
     if not state:
         return
     torch.set_rng_state(state["torch"])
@@ -90,13 +106,8 @@ def check_fits(checkpoint: dict[str, Any], module: LightningModule, path: str | 
     """
     where = f"checkpoint {path}" if path else "the checkpoint"
     ours = f"{type(module).__name__}(backbone={module.hparams.get('backbone')!r})"
-    info = checkpoint.get(KEY, {})
-    method = info.get("method")
-    if method and method != type(module).__name__:
-        raise DataError(
-            f"{where} was saved by {method}(backbone={info.get('backbone')!r}), but the configured model is {ours}; "
-            "use the config of the run that wrote it"
-        )
+    refuse_other_method(checkpoint, type(module).__name__, where)
+    method = saved_method(checkpoint)
     theirs: dict[str, Any] = checkpoint.get("state_dict", {})
     own = module.state_dict()
     missing = [k for k in own if k not in theirs]
@@ -120,21 +131,38 @@ def check_fits(checkpoint: dict[str, Any], module: LightningModule, path: str | 
         raise DataError(f"{where}{saved} does not fit the configured {ours}: {'; '.join(parts)}")
 
 
-class PreemptionCheckpoint(Callback):
-    """On SIGTERM, save ``last.ckpt`` after the current training batch, then stop the run.
+class ResumeState(Callback):
+    """Make a resumed ``fit`` continue exactly: RNG states in checkpoints, ``metrics.csv`` continued, SIGTERM save.
 
-    Lightning only notices a SIGTERM at the end of the epoch when it runs in one process; a pre-empted SLURM job gets
-    seconds, not an epoch. This callback checks after every batch (agreeing over DDP processes, so all of them save
-    together), writes the full training state to the checkpoint directory's ``last.ckpt`` (what ``--ckpt_path last``
-    resumes from), and raises Lightning's ``SIGTERMException``.
+    * Every checkpoint gets the global RNG states (``checkpoint["textseg_rng"]``); when ``fit`` resumes from one they
+      are restored, and loggers with a ``resume_at(step)`` method (:class:`textseg.loggers.CSVLogger`) continue their
+      files from the checkpoint's step.
+    * SIGTERM: Lightning only notices it at the end of the epoch when it runs in one process; a pre-empted SLURM job
+      gets seconds, not an epoch. This callback checks after every batch (agreeing over DDP processes, so all of them
+      save together), writes the full training state to the checkpoint directory's ``last.ckpt`` (what
+      ``--ckpt_path last`` resumes from), and raises Lightning's ``SIGTERMException`` (exit code 143).
 
     Args:
-        filename: Checkpoint file name, without ``.ckpt``.
+        filename: Checkpoint file name of the SIGTERM save, without ``.ckpt``.
     """
 
     def __init__(self, filename: str = "last") -> None:
         self.filename = filename
         self.saved: Path | None = None
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Add the global RNG states."""
+        checkpoint[RNG_KEY] = _rng_state()
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """When ``fit`` resumes: restore the RNG states and let the loggers continue from the checkpoint's step."""
+        if trainer.state.fn != "fit":
+            return
+        restore_rng(checkpoint)
+        for logger in trainer.loggers:
+            resume_at = getattr(logger, "resume_at", None)
+            if resume_at is not None:
+                resume_at(checkpoint["global_step"])
 
     def _path(self, trainer: Trainer) -> Path:
         callback = trainer.checkpoint_callback

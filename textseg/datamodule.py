@@ -214,9 +214,9 @@ class TextSegDataModule(LightningDataModule):
             self._write_split(factors)
 
     def _check_texts(self, keys: list[str]) -> None:
-        """Let the attached model refuse texts it cannot encode whole (``check_texts``), before anything is written."""
-        trainer = self.trainer
-        check = getattr(getattr(trainer, "lightning_module", None), "check_texts", None)
+        """Let the attached model's text encoder refuse texts it would truncate, before anything is written."""
+        encoder = getattr(getattr(self.trainer, "lightning_module", None), "text_encoder", None)
+        check = getattr(encoder, "check_lengths", None)
         if check is None:
             return
         texts: dict[str, str] = {}

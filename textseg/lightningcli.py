@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
+from textseg import checkpointing
 from textseg.callbacks import RunCardCallback, TextSegWandbLogger
 from textseg.datamodule import TextSegDataModule
 from textseg.errors import DataError
@@ -112,14 +113,7 @@ class TextSegCLI(LightningCLI):
             raise DataError(f"{path} is not a readable checkpoint (torch.load, weights_only=True: {reason})") from exc
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise DataError(f"{path} is not a Lightning checkpoint (no state_dict)")
-        hparams = ckpt.get("hyper_parameters") or {}
-        saved = (ckpt.get("textseg") or {}).get("method") or str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]
-        wanted = model_class_path.rsplit(".", 1)[-1]
-        if saved and wanted and saved != wanted:
-            raise DataError(
-                f"checkpoint {path} was saved by {saved}, but the configured model is {wanted}; use the config of "
-                "the run that wrote it"
-            )
+        checkpointing.refuse_other_method(ckpt, model_class_path.rsplit(".", 1)[-1], f"checkpoint {path}")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add ``--test_after_fit``, ``--seed`` and ``--run_dir``."""

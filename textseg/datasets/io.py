@@ -138,25 +138,20 @@ def read_mask(path: Path) -> np.ndarray:
     """
     path = Path(path)
     im = _load(path, "mask")
-    if im.mode in ("L", "1", "P"):  # 8-bit fast path (QaTa, MosMed): a 256-bin histogram instead of a sort
-        grey = np.asarray(im.convert("L") if im.mode != "L" else im, dtype=np.uint8)
-        counts = np.bincount(grey.ravel(), minlength=256)
-        present = np.flatnonzero(counts)
-        foreground = present[present != 0]
-        if foreground.size == 0:
-            return np.zeros(grey.shape, dtype=np.uint8)
-        if foreground.size == 1 and float(foreground[0]) in _MASK_FOREGROUND_VALUES:
-            return (grey != 0).astype(np.uint8)
-        values = grey.astype(np.float64)
-    elif im.mode in ("RGB", "RGBA", "RGBX"):
-        values = np.asarray(im)[..., :3].astype(np.float64).mean(axis=-1)
-    elif im.mode == "LA":
-        values = np.asarray(im)[..., 0].astype(np.float64)
-    elif im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        values = np.asarray(im).astype(np.float64)
+    values: np.ndarray
+    if im.mode in ("L", "1", "P"):  # 8-bit (QaTa, MosMed): the distinct values from a 256-bin histogram, not a sort
+        values = np.asarray(im.convert("L") if im.mode != "L" else im, dtype=np.uint8)
+        found = np.flatnonzero(np.bincount(values.ravel(), minlength=256)).astype(np.float64)
     else:
-        values = np.asarray(im.convert("L")).astype(np.float64)
-    found = np.unique(values)
+        if im.mode in ("RGB", "RGBA", "RGBX"):
+            values = np.asarray(im)[..., :3].astype(np.float64).mean(axis=-1)
+        elif im.mode == "LA":
+            values = np.asarray(im)[..., 0].astype(np.float64)
+        elif im.mode in ("I", "F") or im.mode.startswith("I;16"):
+            values = np.asarray(im).astype(np.float64)
+        else:
+            values = np.asarray(im.convert("L")).astype(np.float64)
+        found = np.unique(values)
     nonzero = found[found != 0]
     if nonzero.size == 0:
         return np.zeros(values.shape, dtype=np.uint8)

@@ -7,7 +7,7 @@ hooks (method stamp, RNG states, refusing another method's checkpoint: :mod:`tex
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -183,27 +183,18 @@ class TextSegModule(LightningModule):
             write_test_metrics(log_dir, type(self).__name__, self.hparams, data, values)
 
     def configure_callbacks(self) -> list[Callback]:
-        """The non-finite guard (``nonfinite``: stop or skip) and the SIGTERM checkpoint, unless already attached."""
+        """The non-finite guard (``nonfinite``: stop or skip) and exact resumption, unless already attached."""
         have = {type(cb) for cb in getattr(self._trainer, "callbacks", [])}
-        wanted = [NonFiniteGuard(self.hp.nonfinite), checkpointing.PreemptionCheckpoint()]
+        wanted = [NonFiniteGuard(self.hp.nonfinite), checkpointing.ResumeState()]
         return [cb for cb in wanted if type(cb) not in have]
 
-    def check_texts(self, texts: Mapping[str, str]) -> None:
-        """Called by the DataModule before training: every dataset text (-> its origin) must fit the tokenizer."""
-        self.text_encoder.check_lengths(texts)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Stamp the method and backbone, and save the global RNG states (:mod:`textseg.checkpointing`)."""
+        """Stamp the method and backbone (:mod:`textseg.checkpointing`)."""
         checkpointing.stamp(checkpoint, self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another method or network; restore the RNG states when resuming training."""
-        trainer = self._trainer
-        checkpointing.check_fits(checkpoint, self, getattr(trainer, "ckpt_path", None))
-        if trainer is not None and trainer.training:
-            checkpointing.restore_rng(checkpoint)
-            for logger in trainer.loggers:  # textseg's CSV logger continues the run's metrics.csv
-                getattr(logger, "resume_at", lambda step: None)(checkpoint["global_step"])
+        """Refuse a checkpoint of another method or network with a clear message."""
+        checkpointing.check_fits(checkpoint, self, getattr(self._trainer, "ckpt_path", None))
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """Step the optimiser, then average the student's BatchNorm statistics over DDP processes (before any EMA)."""

@@ -1,0 +1,43 @@
+"""The training loop shared by the quality benchmarks: fit on CPU, keep the best checkpoint, test it.
+
+Imported by ``semimedref_synthetic.py`` and ``textmoe_synthetic.py`` (run as scripts from the repository root, so
+``benchmarks/`` is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+#: Training-step interval of the CSV logger's rows.
+LOG_EVERY_N_STEPS = 10
+
+
+def fit_and_test(
+    name: str, module: LightningModule, dm: LightningDataModule, epochs: int, log_dir: str, seed: int
+) -> tuple[str, dict[str, float]]:
+    """Fit ``module`` for ``epochs`` (best checkpoint on ``val_dice``), test the best checkpoint.
+
+    Returns:
+        The best checkpoint's path and the test metrics plus ``train_seconds`` (wall time of ``fit``).
+    """
+    seed_everything(seed)
+    ckpt = ModelCheckpoint(monitor="val_dice", mode="max", filename="best")
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=CSVLogger(log_dir, name=name),
+        callbacks=[ckpt],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=LOG_EVERY_N_STEPS,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    elapsed = time.perf_counter() - start
+    result: dict[str, Any] = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False, weights_only=True)[0]
+    return ckpt.best_model_path, {**{k: float(v) for k, v in result.items()}, "train_seconds": elapsed}
