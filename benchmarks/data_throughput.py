@@ -34,11 +34,9 @@ import gc
 import json
 import math
 import os
-import platform
 import resource
 import shlex
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -49,6 +47,7 @@ from typing import Any
 
 import torch
 from monai.data import get_track_meta, set_track_meta
+from report_utils import cpu_string, fmt_bytes, median
 from torch.utils.data import DataLoader
 
 from textseg import TextSegDataModule
@@ -251,25 +250,7 @@ def consumption(step_json: Path) -> list[dict[str, Any]]:
 # -------------------------------------------------------------------------------------------------------- report
 def device_string(threads: int) -> str:
     """CPU model, core count and torch threads."""
-    model = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, main-process torch threads {threads} (workers: 1 each)"
-
-
-def fmt_bytes(n: int | None) -> str:
-    """Bytes in MiB, or an em dash."""
-    return "—" if n is None else f"{n / 2**20:.0f} MiB"
-
-
-def median(values: Sequence[float]) -> float:
-    """Median (NaN for no values)."""
-    return statistics.median(values) if values else float("nan")
+    return cpu_string(f"main-process torch threads {threads} (workers: 1 each)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -382,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cpu_s = "—" if cpu_rate is None else f"{cpu_rate:.1f}"
         lines.append(
             f"| {kind} | {LOADERS[kind]} | {w} | {bs} | {startup:.2f} | {rate:.1f} | {min(rates):.1f}–{max(rates):.1f} "
-            f"| {per_worker:.1f} | {cpu_s} | {met[0]} / {met[1]} | {fmt_bytes(rss)} |"
+            f"| {per_worker:.1f} | {cpu_s} | {met[0]} / {met[1]} | {fmt_bytes(rss, 'MiB')} |"
         )
         records.append(
             {
@@ -433,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"- data: `TextSegDataModule(dataset='synthetic', synthetic_image_size={args.image_size}, "
         f"image_size={args.image_size}, labeled_ratio={args.labeled_ratio})`: {sizes['labeled']} labeled / "
         f"{sizes['unlabeled']} unlabeled training images (generated and set up in {setup_s:.1f} s)",
-        f"- main-process peak RSS {fmt_bytes(rss_main)}",
+        f"- main-process peak RSS {fmt_bytes(rss_main, 'MiB')}",
         "",
         "Method: for every (loader, num_workers) a fresh DataModule loader is iterated: startup = time to the first "
         f"batch; then num_workers + 1 warm-up batches are skipped and {args.batches} batches are timed with nothing "

@@ -7,7 +7,7 @@ Imported by ``semimedref_synthetic.py`` and ``textmoe_synthetic.py`` (run as scr
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -18,14 +18,18 @@ LOG_EVERY_N_STEPS = 10
 
 
 def fit_and_test(
-    name: str, module: LightningModule, dm: LightningDataModule, epochs: int, log_dir: str, seed: int
+    name: str, build: Callable[[], LightningModule], dm: LightningDataModule, epochs: int, log_dir: str, seed: int
 ) -> tuple[str, dict[str, float]]:
-    """Fit ``module`` for ``epochs`` (best checkpoint on ``val_dice``), test the best checkpoint.
+    """Seed everything, build the module, fit it for ``epochs`` (best checkpoint on ``val_dice``), test the best.
+
+    The module is built *after* seeding, so ``seed`` fixes the network initialisation too (torch's generator starts
+    from a random seed in every process; building first made every run start from other weights).
 
     Returns:
         The best checkpoint's path and the test metrics plus ``train_seconds`` (wall time of ``fit``).
     """
     seed_everything(seed)
+    module = build()
     ckpt = ModelCheckpoint(monitor="val_dice", mode="max", filename="best")
     trainer = Trainer(
         accelerator="cpu",
@@ -39,5 +43,5 @@ def fit_and_test(
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     elapsed = time.perf_counter() - start
-    result: dict[str, Any] = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False, weights_only=True)[0]
+    result = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False, weights_only=True)[0]
     return ckpt.best_model_path, {**{k: float(v) for k, v in result.items()}, "train_seconds": elapsed}

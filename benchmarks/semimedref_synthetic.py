@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from fit_and_test import fit_and_test
 
-from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule
+from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule, checkpointing, text
 from textseg.metrics import binarize_logits, segmentation_metrics
 
 
@@ -44,8 +45,15 @@ def datamodule(args: argparse.Namespace) -> TextSegDataModule:
         eval_batch_size=32,
         seed=args.seed,
         use_unlabeled=True,
-        synthetic_train=args.n_train,
+        synthetic_train=None if args.probe else args.n_train,  # a probed tree may be of any size
     )
+
+
+#: The two compared methods by the class name stamped in their checkpoints.
+METHODS: dict[str, type[SupervisedModule] | type[SemiMedRefModule]] = {
+    "SupervisedModule": SupervisedModule,
+    "SemiMedRefModule": SemiMedRefModule,
+}
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,23 +61,50 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "lr": args.lr, "min_lr": 1e-5}  # fmt: skip
 
 
-def train(name: str, module: Any, dm: TextSegDataModule, args: argparse.Namespace) -> tuple[Any, dict[str, float]]:
-    """Fit and test ``module``; return the best checkpoint's module and its test metrics."""
-    best_path, metrics = fit_and_test(name, module, dm, args.epochs, args.log_dir, args.seed)
-    return type(module).load_from_checkpoint(best_path, weights_only=True), metrics
+def train(
+    name: str, build: Callable[[], Any], dm: TextSegDataModule, args: argparse.Namespace
+) -> tuple[Any, dict[str, float]]:
+    """Build (seeded: both methods start from the same weights), fit and test; return the best module and metrics."""
+    best_path, metrics = fit_and_test(name, build, dm, args.epochs, args.log_dir, args.seed)
+    return METHODS[checkpointing.saved_method(torch.load(best_path, weights_only=True))].load_from_checkpoint(
+        best_path, weights_only=True
+    ), metrics
+
+
+#: Test-time text edits of the text probe: "shuffled" is the done-when probe (every image gets the text of the next
+#: image of its batch); the two swaps name the mirrored regions, so they show which words the model grounds.
+TEXT_PROBES: dict[str, Callable[[list[str]], list[str]]] = {
+    "shuffled": lambda texts: texts[1:] + texts[:1],
+    "lr_swapped": lambda texts: [text.swap_left_right(t) for t in texts],
+    "ul_swapped": lambda texts: [text.swap_upper_lower(t) for t in texts],
+}
 
 
 @torch.no_grad()
-def shuffled_text_dice(module: Any, dm: TextSegDataModule) -> dict[str, float]:
-    """Test metrics when every image gets the text of another image of its batch."""
+def text_probe_dice(
+    module: Any, dm: TextSegDataModule, probes: dict[str, Callable[[list[str]], list[str]]] | None = None
+) -> dict[str, float]:
+    """Pooled test Dice with each text edit of ``probes`` (default :data:`TEXT_PROBES`) as ``<probe>_dice``."""
     module.eval()
-    metrics = segmentation_metrics("shuffled_")
-    for batch in dm.test_dataloader():
-        texts = list(batch["text"])
-        texts = texts[1:] + texts[:1]
-        logits = module(batch["image"], texts, module.eval_net)["logits"]
-        metrics.update(binarize_logits(logits), batch["mask"].long())
-    return {k: float(v) for k, v in metrics.compute().items()}
+    out = {}
+    for name, edit in (probes or TEXT_PROBES).items():
+        metrics = segmentation_metrics(f"{name}_")
+        for batch in dm.test_dataloader():
+            logits = module(batch["image"], edit(list(batch["text"])), module.eval_net)["logits"]
+            metrics.update(binarize_logits(logits), batch["mask"].long())
+        out.update({k: float(v) for k, v in metrics.compute().items()})
+    return out
+
+
+def probe_checkpoint(args: argparse.Namespace) -> None:
+    """Print the test Dice of a saved model with its own texts and with every :data:`TEXT_PROBES` edit."""
+    cls = METHODS[checkpointing.saved_method(torch.load(args.probe, map_location="cpu", weights_only=True))]
+    module = cls.load_from_checkpoint(args.probe, map_location="cpu", weights_only=True)
+    dm = datamodule(args)
+    dm.setup("test")
+    own = text_probe_dice(module, dm, {"own": lambda texts: texts})["own_dice"]
+    probes = {k: round(v, 4) for k, v in text_probe_dice(module, dm).items() if k.endswith("_dice")}
+    print(json.dumps({"checkpoint": args.probe, "root": args.root, "own_dice": round(own, 4), **probes}))
 
 
 def main() -> None:
@@ -92,8 +127,12 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="synthetic data folder (default: data/synthetic_n<n_train>)")
     parser.add_argument("--log_dir", default="runs/bench")
     parser.add_argument("--out", default="benchmarks/results_semimedref_synthetic.md")
+    parser.add_argument("--probe", default=None, help="only run the text probe on this checkpoint (any method)")
     args = parser.parse_args()
     args.root = args.root or f"data/synthetic_n{args.n_train}"
+    if args.probe:
+        probe_checkpoint(args)
+        return
 
     burn_in = max(1, args.epochs // 5) if args.burn_in is None else args.burn_in
     semi_kwargs = {"burn_in_epochs": burn_in, "lambda_u_ramp_epochs": burn_in, "ema_ramp_epochs": 2 * burn_in,
@@ -110,8 +149,8 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {}
     for key, build in modules.items():
         if args.only in (None, key):
-            best, metrics = train(key, build(), datamodule(args), args)
-            results[key] = [metrics, shuffled_text_dice(best, dm)]
+            best, metrics = train(key, build, datamodule(args), args)
+            results[key] = [metrics, text_probe_dice(best, dm)]
     rows = [(names[key], m, s) for key, (m, s) in results.items()]
     lines = [
         f"# Semi-MedRef vs supervised, synthetic referring data, {args.ratio:.0%} labels",
@@ -122,13 +161,15 @@ def main() -> None:
         f"--text_aug {args.text_aug}"
         f"{' --eval_teacher' if args.eval_teacher else ''}` (CPU, tiny ConvNeXt, packaged MiniLM text encoder).",
         "",
-        "| method | test Dice (pooled) | test IoU | Dice per image | Dice, shuffled texts | train time (s) |",
-        "|---|---|---|---|---|---|",
+        "| method | test Dice (pooled) | test IoU | Dice per image | Dice, shuffled texts | left/right swapped "
+        "| upper/lower swapped | train time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m, s in rows:
         lines.append(
             f"| {name} | {m['test_dice']:.4f} | {m['test_iou']:.4f} | {m['test_dice_per_image']:.4f} | "
-            f"{s['shuffled_dice']:.4f} | {m['train_seconds']:.0f} |"
+            f"{s['shuffled_dice']:.4f} | {s['lr_swapped_dice']:.4f} | {s['ul_swapped_dice']:.4f} | "
+            f"{m['train_seconds']:.0f} |"
         )
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)

@@ -44,11 +44,9 @@ import datetime
 import functools
 import json
 import os
-import platform
 import random
 import resource
 import shlex
-import statistics
 import sys
 import time
 import warnings
@@ -60,6 +58,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from report_utils import cpu_string, fmt_bytes, median
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -543,26 +542,7 @@ def device_string(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})"
-    model = platform.processor() or "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    capability = torch.backends.cpu.get_cpu_capability()
-    return f"{model}, {os.cpu_count()} cores, torch threads {threads} (CPU capability {capability})"
-
-
-def median(values: Sequence[float]) -> float:
-    """Median (NaN for no values)."""
-    return statistics.median(values) if values else float("nan")
-
-
-def fmt_bytes(n: int) -> str:
-    """``n`` bytes in GiB."""
-    return f"{n / 2**30:.2f} GiB"
+    return cpu_string(f"torch threads {threads}")
 
 
 def batch_samples(variant: Variant, args: argparse.Namespace) -> int:

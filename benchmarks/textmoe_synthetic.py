@@ -51,10 +51,13 @@ def datamodule(args: argparse.Namespace, datasets: list[str]) -> TextSegDataModu
 
 def train(name: str, datasets: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Fit TextMoE on ``datasets``, test the best checkpoint, return the test metrics and the wall time."""
-    module = TextMoEModule(
-        vision_encoder="tiny", text_encoder="minilm", lr=args.lr, min_lr=1e-5, pretrain_epochs=args.pretrain_epochs
-    )
-    return fit_and_test(name, module, datamodule(args, datasets), args.epochs, args.log_dir, args.seed)[1]
+
+    def build() -> TextMoEModule:
+        return TextMoEModule(
+            vision_encoder="tiny", text_encoder="minilm", lr=args.lr, min_lr=1e-5, pretrain_epochs=args.pretrain_epochs
+        )
+
+    return fit_and_test(name, build, datamodule(args, datasets), args.epochs, args.log_dir, args.seed)[1]
 
 
 def main() -> None:

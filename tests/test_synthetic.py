@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +164,9 @@ def test_geometry_config() -> None:
     assert boxes[0][1] == boxes[1][0] and boxes[1][1] == boxes[2][0]
 
 
-def test_speed(tmp_path: Path) -> None:
-    start = time.perf_counter()
-    make_synthetic(tmp_path / "s", n_train=80, n_val=10, n_test=10, image_size=128)
-    assert time.perf_counter() - start < 5.0  # ~0.4 s on 2 CPU cores; 600 images take ~2.5 s
+def test_old_generator_version_refused(tmp_path: Path) -> None:
+    root = make_synthetic(tmp_path / "old", n_train=2, n_val=1, n_test=1, image_size=SIZE)
+    meta = json.loads((root / "synthetic.json").read_text())
+    (root / "synthetic.json").write_text(json.dumps({**meta, "version": 0}))
+    with pytest.raises(DataError, match=r"generator version 0, this is version 1: delete the folder"):
+        load_dataset("synthetic", root)

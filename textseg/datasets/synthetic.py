@@ -597,7 +597,8 @@ def load_synthetic(
         The dataset.
 
     Raises:
-        DataError: If an existing tree was generated with arguments that contradict the ones given.
+        DataError: If an existing tree was generated with arguments that contradict the ones given, or by another
+            version of the generator.
     """
     path = Path(root).expanduser()
     given = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": image_size, "seed": seed}
@@ -619,6 +620,11 @@ def load_synthetic(
         if wrong:
             listed = ", ".join(f"{k}={v[0]!r} (on disk: {v[1]!r})" for k, v in wrong.items())
             raise DataError(f"synthetic dataset at {path} was generated with other arguments: {listed}")
+        if meta.get("version") != GENERATOR_VERSION:
+            raise DataError(
+                f"synthetic dataset at {path} was written by generator version {meta.get('version')!r}, this is "
+                f"version {GENERATOR_VERSION}: delete the folder to regenerate it (or point root elsewhere)"
+            )
         on_disk = meta.get("config", {}).get("modality", "xray")
         if on_disk != modality:
             raise DataError(f"synthetic dataset at {path} is of modality {on_disk!r}, not {modality!r}")
