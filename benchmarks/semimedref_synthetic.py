@@ -1,14 +1,18 @@
-"""Semi-MedRef vs the supervised baseline on the synthetic referring dataset, and the text-shuffle probe.
+"""Semi-MedRef vs the supervised baseline on the synthetic referring dataset, and the text probes.
 
-Trains both methods on the same labeled subset (same seed, same network, same epochs), tests the best checkpoint of
-each, then re-tests Semi-MedRef with the texts of each test batch shuffled (rolled by one, so no image keeps its own
-text): a model that reads the text must lose Dice, because the synthetic distractor opacities look exactly like the
-lesions and only the text says which is which.
+Trains both methods on the same labeled subset from the same seeded initial weights (same seed, same network, same
+epochs), tests the best checkpoint of each, then re-tests each with edited test texts (:data:`TEXT_PROBES`): the
+texts of each batch shuffled (rolled by one, so no image keeps its own text), left/right swapped and upper/lower
+swapped. A model that reads the text must lose Dice when shuffled, because the synthetic distractor opacities look
+exactly like the lesions and only the text says which is which.
 
 Usage (CPU, about 25 minutes on 2 cores at the defaults: 800 synthetic pairs, 5 % = 40 labeled, 20 epochs; the two
-methods can run in parallel with ``--only supervised`` / ``--only semimedref``):
+methods can run in parallel with ``--only supervised`` / ``--only semimedref``; ``--seed`` fixes the labeled subset,
+the initial weights and the augmentation and mixing streams):
 
-    python benchmarks/semimedref_synthetic.py --ratio 0.05 --epochs 20 --n_train 800 --lambda_u 1.0 --ema_end 0.99
+    python benchmarks/semimedref_synthetic.py --seed 42 --only semimedref
+    python benchmarks/semimedref_synthetic.py --seed 42 --only supervised
+    python benchmarks/semimedref_synthetic.py --probe runs/bench/supervised/version_0/checkpoints/best.ckpt
 
 Benchmark-scale settings (documented in ``benchmarks/README.md``): a 20-epoch run has 1,900 optimizer steps, so the
 teacher's final momentum is 0.99 (0.999 averages over ~1,000 steps, half the run, and the teacher would lag the
