@@ -53,10 +53,10 @@ def datamodule(args: argparse.Namespace) -> TextSegDataModule:
     )
 
 
-#: The two compared methods by the class name stamped in their checkpoints.
-METHODS: dict[str, type[SupervisedModule] | type[SemiMedRefModule]] = {
-    "SupervisedModule": SupervisedModule,
-    "SemiMedRefModule": SemiMedRefModule,
+#: The two compared methods: ``--only`` key -> (table name, module class).
+METHODS: dict[str, tuple[str, type[SupervisedModule] | type[SemiMedRefModule]]] = {
+    "supervised": ("supervised", SupervisedModule),
+    "semimedref": ("Semi-MedRef", SemiMedRefModule),
 }
 
 
@@ -65,14 +65,13 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "lr": args.lr, "min_lr": 1e-5}  # fmt: skip
 
 
-def train(
-    name: str, build: Callable[[], Any], dm: TextSegDataModule, args: argparse.Namespace
-) -> tuple[Any, dict[str, float]]:
+def train(key: str, kwargs: dict[str, Any], args: argparse.Namespace) -> tuple[Any, dict[str, float]]:
     """Build (seeded: both methods start from the same weights), fit and test; return the best module and metrics."""
-    best_path, metrics = fit_and_test(name, build, dm, args.epochs, args.log_dir, args.seed)
-    return METHODS[checkpointing.saved_method(torch.load(best_path, weights_only=True))].load_from_checkpoint(
-        best_path, weights_only=True
-    ), metrics
+    cls = METHODS[key][1]
+    best_path, metrics = fit_and_test(
+        key, lambda: cls(**kwargs), datamodule(args), args.epochs, args.log_dir, args.seed
+    )
+    return cls.load_from_checkpoint(best_path, weights_only=True), metrics
 
 
 #: Test-time text edits of the text probe: "shuffled" is the done-when probe (every image gets the text of the next
@@ -102,13 +101,21 @@ def text_probe_dice(
 
 def probe_checkpoint(args: argparse.Namespace) -> None:
     """Print the test Dice of a saved model with its own texts and with every :data:`TEXT_PROBES` edit."""
-    cls = METHODS[checkpointing.saved_method(torch.load(args.probe, map_location="cpu", weights_only=True))]
+    saved = checkpointing.saved_method(torch.load(args.probe, map_location="cpu", weights_only=True))
+    cls = next(c for _, c in METHODS.values() if c.__name__ == saved)
     module = cls.load_from_checkpoint(args.probe, map_location="cpu", weights_only=True)
     dm = datamodule(args)
     dm.setup("test")
-    own = text_probe_dice(module, dm, {"own": lambda texts: texts})["own_dice"]
-    probes = {k: round(v, 4) for k, v in text_probe_dice(module, dm).items() if k.endswith("_dice")}
-    print(json.dumps({"checkpoint": args.probe, "root": args.root, "own_dice": round(own, 4), **probes}))
+    dice = text_probe_dice(module, dm, {"own": lambda texts: texts, **TEXT_PROBES})
+    print(
+        json.dumps(
+            {
+                "checkpoint": args.probe,
+                "root": args.root,
+                **{k: round(v, 4) for k, v in dice.items() if k.endswith("_dice")},
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -127,7 +134,7 @@ def main() -> None:
     parser.add_argument("--text_aug", default="posaug", choices=["posaug", "textstrong", "none"], help="student text")
     parser.add_argument("--eval_teacher", action="store_true", help="select and test the EMA teacher (both methods)")
     parser.add_argument("--only", choices=["supervised", "semimedref"], default=None, help="train one method only")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=42, help="labeled subset, initial weights, augmentation streams")
     parser.add_argument("--root", default=None, help="synthetic data folder (default: data/synthetic_n<n_train>)")
     parser.add_argument("--log_dir", default="runs/bench")
     parser.add_argument("--out", default="benchmarks/results_semimedref_synthetic.md")
@@ -143,19 +150,15 @@ def main() -> None:
                    "lambda_u": args.lambda_u, "ema_end": args.ema_end, "lambda_itcl_unsup": args.itcl_u,
                    "eval_teacher": args.eval_teacher, "text_aug": args.text_aug, "mix_prob": 0.5,
                    "mix_block": 8}  # fmt: skip
-    modules = {
-        "supervised": lambda: SupervisedModule(**model_kwargs(args)),
-        "semimedref": lambda: SemiMedRefModule(**model_kwargs(args), **semi_kwargs),
-    }
-    names = {"supervised": "supervised", "semimedref": "Semi-MedRef"}
+    kwargs = {"supervised": model_kwargs(args), "semimedref": {**model_kwargs(args), **semi_kwargs}}
     dm = datamodule(args)
     dm.setup("test")
     results: dict[str, list[dict[str, float]]] = {}
-    for key, build in modules.items():
+    for key in METHODS:
         if args.only in (None, key):
-            best, metrics = train(key, build, datamodule(args), args)
+            best, metrics = train(key, kwargs[key], args)
             results[key] = [metrics, text_probe_dice(best, dm)]
-    rows = [(names[key], m, s) for key, (m, s) in results.items()]
+    rows = [(METHODS[key][0], m, s) for key, (m, s) in results.items()]
     lines = [
         f"# Semi-MedRef vs supervised, synthetic referring data, {args.ratio:.0%} labels",
         "",

@@ -32,7 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from textseg.errors import DataError
 
-__all__ = ["KEY", "RNG_KEY", "ResumeState", "check_fits", "refuse_other_method", "restore_rng", "saved_method", "stamp"]
+__all__ = ["KEY", "RNG_KEY", "ResumeState", "check_fits", "refuse_other_method", "saved_method", "stamp"]
 
 #: Key of textseg's entry in a checkpoint.
 KEY = "textseg"
@@ -79,11 +79,8 @@ def refuse_other_method(checkpoint: dict[str, Any], wanted: str, where: str) -> 
         )
 
 
-def restore_rng(checkpoint: dict[str, Any]) -> None:
-    """Set the global RNG states saved by :class:`ResumeState` (no-op for checkpoints without them)."""
-    state = checkpoint.get(RNG_KEY)
-    if not state:
-        return
+def _restore_rng_state(state: dict[str, Any]) -> None:
+    """Set the global RNG states from :func:`_rng_state`'s dict."""
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
@@ -158,7 +155,8 @@ class ResumeState(Callback):
         """When ``fit`` resumes: restore the RNG states and let the loggers continue from the checkpoint's step."""
         if trainer.state.fn != "fit":
             return
-        restore_rng(checkpoint)
+        if checkpoint.get(RNG_KEY):  # checkpoints of older textseg versions have none
+            _restore_rng_state(checkpoint[RNG_KEY])
         for logger in trainer.loggers:
             resume_at = getattr(logger, "resume_at", None)
             if resume_at is not None:
