@@ -38,7 +38,8 @@ def datamodule(args: argparse.Namespace) -> TextSegDataModule:
     """Both methods see the same labeled stream and the same number of optimizer steps per epoch.
 
     The supervised baseline gets the unlabeled loader too (and ignores it), so that its epoch is as many steps as
-    Semi-MedRef's: a fair "same labels, same training budget" comparison.
+    Semi-MedRef's: a fair "same labels, same training budget" comparison. At ``--ratio 1`` there is no unlabeled
+    set, and an epoch is one pass over the labeled set (supervised only).
     """
     return TextSegDataModule(
         dataset="synthetic",
@@ -48,7 +49,7 @@ def datamodule(args: argparse.Namespace) -> TextSegDataModule:
         batch_size=args.batch_size,
         eval_batch_size=32,
         seed=args.seed,
-        use_unlabeled=True,
+        use_unlabeled=args.ratio < 1,
         synthetic_train=None if args.probe else args.n_train,  # a probed tree may be of any size
     )
 
