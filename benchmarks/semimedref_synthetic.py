@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--probe", default=None, help="only run the text probe on this checkpoint (any method)")
     args = parser.parse_args()
     args.root = args.root or f"data/synthetic_n{args.n_train}"
+    if args.ratio >= 1 and not args.probe and args.only != "supervised":
+        parser.error("--ratio 1 leaves no unlabeled pairs for Semi-MedRef: add --only supervised")
     if args.probe:
         probe_checkpoint(args)
         return
