@@ -66,12 +66,12 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "lr": args.lr, "min_lr": 1e-5}  # fmt: skip
 
 
-def train(key: str, kwargs: dict[str, Any], args: argparse.Namespace) -> tuple[Any, dict[str, float]]:
+def train(
+    key: str, kwargs: dict[str, Any], dm: TextSegDataModule, args: argparse.Namespace
+) -> tuple[Any, dict[str, float]]:
     """Build (seeded: both methods start from the same weights), fit and test; return the best module and metrics."""
     cls = METHODS[key][1]
-    best_path, metrics = fit_and_test(
-        key, lambda: cls(**kwargs), datamodule(args), args.epochs, args.log_dir, args.seed
-    )
+    best_path, metrics = fit_and_test(key, lambda: cls(**kwargs), dm, args.epochs, args.log_dir, args.seed)
     return cls.load_from_checkpoint(best_path, weights_only=True), metrics
 
 
@@ -88,21 +88,24 @@ TEXT_PROBES: dict[str, Callable[[list[str]], list[str]]] = {
 def text_probe_dice(
     module: Any, dm: TextSegDataModule, probes: dict[str, Callable[[list[str]], list[str]]] | None = None
 ) -> dict[str, float]:
-    """Pooled test Dice with each text edit of ``probes`` (default :data:`TEXT_PROBES`) as ``<probe>_dice``."""
+    """Pooled test Dice with each text edit of ``probes`` (default :data:`TEXT_PROBES`) as ``<probe>_dice``.
+
+    One pass over the test set: every batch is evaluated with every edit of its texts.
+    """
     module.eval()
-    out = {}
-    for name, edit in (probes or TEXT_PROBES).items():
-        metrics = segmentation_metrics(f"{name}_")
-        for batch in dm.test_dataloader():
+    probes = probes or TEXT_PROBES
+    metrics = {name: segmentation_metrics(f"{name}_") for name in probes}
+    for batch in dm.test_dataloader():
+        for name, edit in probes.items():
             logits = module(batch["image"], edit(list(batch["text"])), module.eval_net)["logits"]
-            metrics.update(binarize_logits(logits), batch["mask"].long())
-        out.update({k: float(v) for k, v in metrics.compute().items()})
-    return out
+            metrics[name].update(binarize_logits(logits), batch["mask"].long())
+    return {k: float(v) for m in metrics.values() for k, v in m.compute().items()}
 
 
 def probe_checkpoint(args: argparse.Namespace) -> None:
     """Print the test Dice of a saved model with its own texts and with every :data:`TEXT_PROBES` edit."""
-    saved = checkpointing.saved_method(torch.load(args.probe, map_location="cpu", weights_only=True))
+    # mmap: only the method stamp is read here; load_from_checkpoint reads the weights
+    saved = checkpointing.saved_method(torch.load(args.probe, map_location="cpu", weights_only=True, mmap=True))
     cls = next(c for _, c in METHODS.values() if c.__name__ == saved)
     module = cls.load_from_checkpoint(args.probe, map_location="cpu", weights_only=True)
     dm = datamodule(args)
@@ -142,11 +145,11 @@ def main() -> None:
     parser.add_argument("--probe", default=None, help="only run the text probe on this checkpoint (any method)")
     args = parser.parse_args()
     args.root = args.root or f"data/synthetic_n{args.n_train}"
-    if args.ratio >= 1 and not args.probe and args.only != "supervised":
-        parser.error("--ratio 1 leaves no unlabeled pairs for Semi-MedRef: add --only supervised")
     if args.probe:
         probe_checkpoint(args)
         return
+    if args.ratio >= 1 and args.only != "supervised":
+        parser.error("--ratio 1 leaves no unlabeled pairs for Semi-MedRef: add --only supervised")
 
     burn_in = max(1, args.epochs // 5) if args.burn_in is None else args.burn_in
     semi_kwargs = {"burn_in_epochs": burn_in, "lambda_u_ramp_epochs": burn_in, "ema_ramp_epochs": 2 * burn_in,
@@ -159,7 +162,7 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {}
     for key in METHODS:
         if args.only in (None, key):
-            best, metrics = train(key, kwargs[key], args)
+            best, metrics = train(key, kwargs[key], dm, args)
             results[key] = [metrics, text_probe_dice(best, dm)]
     rows = [(METHODS[key][0], m, s) for key, (m, s) in results.items()]
     lines = [
