@@ -23,14 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from fit_and_test import fit_and_test
 
 from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule, checkpointing, text
+from textseg.datasets.synthetic import META_FILE, SyntheticConfig, generate_sample
 from textseg.metrics import binarize_logits, segmentation_metrics
 
 
@@ -84,22 +88,49 @@ TEXT_PROBES: dict[str, Callable[[list[str]], list[str]]] = {
 }
 
 
+def distractor_masks(root: str | Path, ids: Sequence[str], size: int) -> torch.Tensor:
+    """The distractor opacities of synthetic test images ``ids`` at ``size`` px, ``[B, 1, size, size]`` bool.
+
+    They are not on disk: each is regenerated from the generator arguments stored in the tree (``synthetic.json``);
+    an image's file number counts over train + val + test. Resized like the masks (area, then > 0.5).
+    """
+    meta = json.loads((Path(root) / META_FILE).read_text(encoding="utf-8"))
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+    cfg = SyntheticConfig(**fields)
+    offset = meta["n_train"] + meta["n_val"]
+    numbers = [int(re.findall(r"\d+", i)[-1]) - offset for i in ids]
+    samples = [generate_sample(meta["seed"], "test", n, meta["image_size"], cfg) for n in numbers]
+    full = np.stack([sample.distractor_mask for sample in samples])
+    return F.interpolate(torch.from_numpy(full).float()[:, None], size=size, mode="area") > 0.5
+
+
 @torch.no_grad()
 def text_probe_dice(
     module: Any, dm: TextSegDataModule, probes: dict[str, Callable[[list[str]], list[str]]] | None = None
 ) -> dict[str, float]:
     """Pooled test Dice with each text edit of ``probes`` (default :data:`TEXT_PROBES`) as ``<probe>_dice``.
 
-    One pass over the test set: every batch is evaluated with every edit of its texts.
+    One pass over the test set: every batch is evaluated with every edit of its texts, and with its own texts for
+    the error breakdown, as shares of the lesion pixels: ``missed`` (false negatives), ``fp_distractor`` (false
+    positives on a distractor opacity: the text was not read) and ``fp_other`` (false positives elsewhere).
     """
     module.eval()
     probes = probes or TEXT_PROBES
     metrics = {name: segmentation_metrics(f"{name}_") for name in probes}
+    counts = dict.fromkeys(("lesion", "missed", "fp_distractor", "fp_other"), 0.0)
     for batch in dm.test_dataloader():
         for name, edit in probes.items():
             logits = module(batch["image"], edit(list(batch["text"])), module.eval_net)["logits"]
             metrics[name].update(binarize_logits(logits), batch["mask"].long())
-    return {k: float(v) for m in metrics.values() for k, v in m.compute().items()}
+        pred = binarize_logits(module(batch["image"], list(batch["text"]), module.eval_net)["logits"]).bool()
+        mask = batch["mask"].bool()
+        distractor = distractor_masks(dm.hparams.root, batch["id"], mask.shape[-1])
+        counts["lesion"] += mask.sum().item()
+        counts["missed"] += (mask & ~pred).sum().item()
+        counts["fp_distractor"] += (pred & ~mask & distractor).sum().item()
+        counts["fp_other"] += (pred & ~mask & ~distractor).sum().item()
+    errors = {f"{k}_share": v / max(counts["lesion"], 1.0) for k, v in counts.items() if k != "lesion"}
+    return {**{k: float(v) for m in metrics.values() for k, v in m.compute().items()}, **errors}
 
 
 def probe_checkpoint(args: argparse.Namespace) -> None:
@@ -116,7 +147,7 @@ def probe_checkpoint(args: argparse.Namespace) -> None:
             {
                 "checkpoint": args.probe,
                 "root": args.root,
-                **{k: round(v, 4) for k, v in dice.items() if k.endswith("_dice")},
+                **{k: round(v, 4) for k, v in dice.items() if k.endswith(("_dice", "_share"))},
             }
         )
     )
@@ -135,6 +166,8 @@ def main() -> None:
     parser.add_argument("--burn_in", type=int, default=None, help="burn-in epochs (default: epochs // 5)")
     parser.add_argument("--ema_end", type=float, default=0.99, help="final EMA momentum of the teacher")
     parser.add_argument("--itcl_u", type=float, default=0.1, help="weight of the unlabeled ITCL term (lambda_itcl^u)")
+    parser.add_argument("--mix_block", type=int, default=8, help="T-PatchMix block side in pixels (paper: 16 at 224)")
+    parser.add_argument("--mix_prob", type=float, default=0.5, help="per-sample probability of a T-PatchMix block")
     parser.add_argument("--text_aug", default="posaug", choices=["posaug", "textstrong", "none"], help="student text")
     parser.add_argument("--eval_teacher", action="store_true", help="select and test the EMA teacher (both methods)")
     parser.add_argument("--only", choices=["supervised", "semimedref"], default=None, help="train one method only")
@@ -154,8 +187,8 @@ def main() -> None:
     burn_in = max(1, args.epochs // 5) if args.burn_in is None else args.burn_in
     semi_kwargs = {"burn_in_epochs": burn_in, "lambda_u_ramp_epochs": burn_in, "ema_ramp_epochs": 2 * burn_in,
                    "lambda_u": args.lambda_u, "ema_end": args.ema_end, "lambda_itcl_unsup": args.itcl_u,
-                   "eval_teacher": args.eval_teacher, "text_aug": args.text_aug, "mix_prob": 0.5,
-                   "mix_block": 8}  # fmt: skip
+                   "eval_teacher": args.eval_teacher, "text_aug": args.text_aug, "mix_prob": args.mix_prob,
+                   "mix_block": args.mix_block}  # fmt: skip
     kwargs = {"supervised": model_kwargs(args), "semimedref": {**model_kwargs(args), **semi_kwargs}}
     dm = datamodule(args)
     dm.setup("test")
@@ -171,17 +204,18 @@ def main() -> None:
         f"Command: `python benchmarks/semimedref_synthetic.py --ratio {args.ratio} --epochs {args.epochs} "
         f"--n_train {args.n_train} --image_size {args.image_size} --backbone {args.backbone} "
         f"--lambda_u {args.lambda_u} --burn_in {burn_in} --ema_end {args.ema_end} --itcl_u {args.itcl_u} "
-        f"--text_aug {args.text_aug}"
+        f"--text_aug {args.text_aug} --mix_block {args.mix_block} --mix_prob {args.mix_prob}"
         f"{' --eval_teacher' if args.eval_teacher else ''}` (CPU, tiny ConvNeXt, packaged MiniLM text encoder).",
         "",
         "| method | test Dice (pooled) | test IoU | Dice per image | Dice, shuffled texts | left/right swapped "
-        "| upper/lower swapped | train time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| upper/lower swapped | missed lesion px | FP on distractors | FP elsewhere | train time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m, s in rows:
         lines.append(
             f"| {name} | {m['test_dice']:.4f} | {m['test_iou']:.4f} | {m['test_dice_per_image']:.4f} | "
             f"{s['shuffled_dice']:.4f} | {s['lr_swapped_dice']:.4f} | {s['ul_swapped_dice']:.4f} | "
+            f"{s['missed_share']:.3f} | {s['fp_distractor_share']:.3f} | {s['fp_other_share']:.3f} | "
             f"{m['train_seconds']:.0f} |"
         )
     text = "\n".join(lines) + "\n"
