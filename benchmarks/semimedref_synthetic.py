@@ -108,22 +108,25 @@ def distractor_masks(root: str | Path, ids: Sequence[str], size: int) -> torch.T
 def text_probe_dice(
     module: Any, dm: TextSegDataModule, probes: dict[str, Callable[[list[str]], list[str]]] | None = None
 ) -> dict[str, float]:
-    """Pooled test Dice with each text edit of ``probes`` (default :data:`TEXT_PROBES`) as ``<probe>_dice``.
+    """Pooled test Dice with the own texts (``own_dice``) and with each edit of ``probes`` (default
+    :data:`TEXT_PROBES`) as ``<probe>_dice``, plus the error breakdown of the own-text prediction.
 
-    One pass over the test set: every batch is evaluated with every edit of its texts, and with its own texts for
-    the error breakdown, as shares of the lesion pixels: ``missed`` (false negatives), ``fp_distractor`` (false
-    positives on a distractor opacity: the text was not read) and ``fp_other`` (false positives elsewhere).
+    One pass over the test set: every batch is evaluated with its own texts and with every edit of them. The error
+    breakdown is given as shares of the lesion pixels: ``missed_share`` (false negatives), ``fp_distractor_share``
+    (false positives on a distractor opacity: the text was not read) and ``fp_other_share`` (other false positives).
     """
     module.eval()
     probes = probes or TEXT_PROBES
-    metrics = {name: segmentation_metrics(f"{name}_") for name in probes}
+    metrics = {name: segmentation_metrics(f"{name}_") for name in ("own", *probes)}
     counts = dict.fromkeys(("lesion", "missed", "fp_distractor", "fp_other"), 0.0)
     for batch in dm.test_dataloader():
+        mask = batch["mask"].bool()
         for name, edit in probes.items():
             logits = module(batch["image"], edit(list(batch["text"])), module.eval_net)["logits"]
-            metrics[name].update(binarize_logits(logits), batch["mask"].long())
-        pred = binarize_logits(module(batch["image"], list(batch["text"]), module.eval_net)["logits"]).bool()
-        mask = batch["mask"].bool()
+            metrics[name].update(binarize_logits(logits), mask.long())
+        pred = binarize_logits(module(batch["image"], list(batch["text"]), module.eval_net)["logits"])
+        metrics["own"].update(pred, mask.long())
+        pred = pred.bool()
         distractor = distractor_masks(dm.hparams.root, batch["id"], mask.shape[-1])
         counts["lesion"] += mask.sum().item()
         counts["missed"] += (mask & ~pred).sum().item()
@@ -141,7 +144,7 @@ def probe_checkpoint(args: argparse.Namespace) -> None:
     module = cls.load_from_checkpoint(args.probe, map_location="cpu", weights_only=True)
     dm = datamodule(args)
     dm.setup("test")
-    dice = text_probe_dice(module, dm, {"own": lambda texts: texts, **TEXT_PROBES})
+    dice = text_probe_dice(module, dm)
     print(
         json.dumps(
             {
@@ -201,7 +204,8 @@ def main() -> None:
     lines = [
         f"# Semi-MedRef vs supervised, synthetic referring data, {args.ratio:.0%} labels",
         "",
-        f"Command: `python benchmarks/semimedref_synthetic.py --ratio {args.ratio} --epochs {args.epochs} "
+        f"Command: `python benchmarks/semimedref_synthetic.py --seed {args.seed} --lr {args.lr} --ratio {args.ratio} "
+        f"--epochs {args.epochs} "
         f"--n_train {args.n_train} --image_size {args.image_size} --backbone {args.backbone} "
         f"--lambda_u {args.lambda_u} --burn_in {burn_in} --ema_end {args.ema_end} --itcl_u {args.itcl_u} "
         f"--text_aug {args.text_aug} --mix_block {args.mix_block} --mix_prob {args.mix_prob}"
