@@ -88,20 +88,25 @@ TEXT_PROBES: dict[str, Callable[[list[str]], list[str]]] = {
 }
 
 
-def distractor_masks(root: str | Path, ids: Sequence[str], size: int) -> torch.Tensor:
-    """The distractor opacities of synthetic test images ``ids`` at ``size`` px, ``[B, 1, size, size]`` bool.
+def distractor_masks(root: str | Path) -> Callable[[Sequence[str], int], torch.Tensor]:
+    """A function ``(ids, size) -> [B, 1, size, size]`` bool: the distractor opacities of synthetic test images.
 
-    They are not on disk: each is regenerated from the generator arguments stored in the tree (``synthetic.json``);
-    an image's file number counts over train + val + test. Resized like the masks (area, then > 0.5).
+    They are not on disk: each is regenerated from the generator arguments stored in the tree (``synthetic.json``,
+    read once here); an image's file number counts over train + val + test. Area-resized and thresholded at 0.5 (the
+    masks are resized nearest; the two rules differ only at opacity borders).
     """
     meta = json.loads((Path(root) / META_FILE).read_text(encoding="utf-8"))
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
     cfg = SyntheticConfig(**fields)
     offset = meta["n_train"] + meta["n_val"]
-    numbers = [int(re.findall(r"\d+", i)[-1]) - offset for i in ids]
-    samples = [generate_sample(meta["seed"], "test", n, meta["image_size"], cfg) for n in numbers]
-    full = np.stack([sample.distractor_mask for sample in samples])
-    return F.interpolate(torch.from_numpy(full).float()[:, None], size=size, mode="area") > 0.5
+
+    def masks(ids: Sequence[str], size: int) -> torch.Tensor:
+        numbers = [int(re.findall(r"\d+", i)[-1]) - offset for i in ids]
+        samples = [generate_sample(meta["seed"], "test", n, meta["image_size"], cfg) for n in numbers]
+        full = np.stack([sample.distractor_mask for sample in samples])
+        return F.interpolate(torch.from_numpy(full).float()[:, None], size=size, mode="area") > 0.5
+
+    return masks
 
 
 @torch.no_grad()
@@ -119,6 +124,7 @@ def text_probe_dice(
     probes = probes or TEXT_PROBES
     metrics = {name: segmentation_metrics(f"{name}_") for name in ("own", *probes)}
     counts = dict.fromkeys(("lesion", "missed", "fp_distractor", "fp_other"), 0.0)
+    distractors = distractor_masks(dm.hparams.root)
     for batch in dm.test_dataloader():
         mask = batch["mask"].bool()
         for name, edit in probes.items():
@@ -127,7 +133,7 @@ def text_probe_dice(
         pred = binarize_logits(module(batch["image"], list(batch["text"]), module.eval_net)["logits"])
         metrics["own"].update(pred, mask.long())
         pred = pred.bool()
-        distractor = distractor_masks(dm.hparams.root, batch["id"], mask.shape[-1])
+        distractor = distractors(batch["id"], mask.shape[-1])
         counts["lesion"] += mask.sum().item()
         counts["missed"] += (mask & ~pred).sum().item()
         counts["fp_distractor"] += (pred & ~mask & distractor).sum().item()

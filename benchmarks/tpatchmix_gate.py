@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 import torch
 
-from textseg import mixing, text
+from textseg import mixing
 from textseg.datasets.synthetic import SyntheticConfig, caption_for, generate_sample
 
 
@@ -32,16 +32,10 @@ def gate_acceptance(
     texts = [caption_for(s.position) for s in samples]
     gen = torch.Generator().manual_seed(seed)
     perm = mixing.random_permutation(n, gen)
-    boxes, allowed = [], []
-    for i, j in enumerate(perm.tolist()):  # the module's rule: SemiMedRefModule._block_masks
-        pi, pj = text.first_phrase(texts[i]), text.first_phrase(texts[j])
-        ok = pi is not None and (pj is None or pi.side == pj.side)
-        boxes.append(mixing.region_box(pi.side, pi.levels, size, size) if ok and pi else (0, size, 0, size))
-        allowed.append(ok)
-    blocks = mixing.sample_box_blocks(torch.tensor(boxes), torch.tensor(allowed), block, 1.0, size, size, gen)
+    boxes, allowed = mixing.position_boxes(texts, perm, size, size)  # the module's rule
+    blocks = mixing.sample_box_blocks(boxes, allowed, block, 1.0, size, size, gen)
     drawn = blocks.flatten(1).amax(1) > 0
-    ratio = (blocks * masks[perm]).flatten(1).sum(1) / blocks.flatten(1).sum(1).clamp_min(1)  # r_i of Eq. 7
-    accepted = drawn & (ratio >= delta)
+    accepted = mixing.t_patchmix(masks, masks, perm, blocks, delta, 0.5).accepted  # Eq. 7 with p_j = mask_j
     return masks.mean().item(), drawn.float().mean().item(), accepted.sum().item() / max(drawn.sum().item(), 1)
 
 

@@ -12,6 +12,7 @@ from textseg.mixing import (
     confident_fraction,
     cutmix_boxes,
     lesion_gate,
+    position_boxes,
     pseudo_label,
     random_permutation,
     region_box,
@@ -326,3 +327,18 @@ def test_random_permutation() -> None:
     assert random_permutation(0, _gen(0)).numel() == 0
     plain = [random_permutation(4, _gen(s), derangement=False) for s in range(200)]
     assert any(bool((p == torch.arange(4)).any()) for p in plain)
+
+
+def test_position_boxes_laterality_rule_and_region() -> None:
+    texts = [
+        "Unilateral pulmonary infection, one infected area, lower left lung.",
+        "Unilateral pulmonary infection, one infected area, upper right lung.",
+        "Unilateral pulmonary infection, one infected area, middle left lung.",
+        "No lesion.",
+    ]
+    # partners: 0<-2 (same side), 1<-0 (conflict), 2<-3 (partner has no phrase), 3<-1 (no phrase of its own)
+    boxes, allowed = position_boxes(texts, torch.tensor([2, 0, 3, 1]), 60, 40)
+    assert allowed.tolist() == [True, False, True, False]
+    assert boxes[0].tolist() == [40, 60, 0, 20]  # lower third, image-left half
+    assert boxes[2].tolist() == [20, 40, 0, 20]  # middle third
+    assert boxes[1].tolist() == boxes[3].tolist() == [0, 60, 0, 40]  # placeholder: whole image

@@ -38,6 +38,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from textseg import text
 from textseg.errors import DataError
 
 __all__ = [
@@ -209,6 +210,31 @@ def _place(lo: Tensor, hi: Tensor, size: int, u: Tensor) -> tuple[Tensor, Tensor
     offset = torch.floor(u * slots.to(u.dtype)).to(torch.long)
     offset = torch.minimum(offset, slots - 1)
     return lo + offset, length
+
+
+def position_boxes(texts: Sequence[str], perm: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Region boxes of position-constrained T-PatchMix and where mixing is allowed (``methods.md`` Sec. 6.4 step 2).
+
+    Sample i's box is the region of the first positional phrase of its (student) text (:func:`region_box`). Mixing
+    is disabled where that text has no phrase, or where the partner ``j = perm[i]`` names the other side
+    (laterality conflict); those rows get the whole image as a placeholder box.
+
+    Args:
+        texts: The ``B`` student texts.
+        perm: ``[B]`` partner permutation.
+        height: Image height ``H``.
+        width: Image width ``W``.
+
+    Returns:
+        ``([B, 4]`` int64 boxes ``(row0, row1, col0, col1)``, ``[B]`` bool ``allowed``).
+    """
+    boxes, allowed = [], []
+    for i, j in enumerate(perm.tolist()):
+        pi, pj = text.first_phrase(texts[i]), text.first_phrase(texts[j])
+        ok = pi is not None and (pj is None or pi.side == pj.side)
+        boxes.append(region_box(pi.side, pi.levels, height, width) if ok and pi else (0, height, 0, width))
+        allowed.append(ok)
+    return torch.tensor(boxes, dtype=torch.int64), torch.tensor(allowed, dtype=torch.bool)
 
 
 def sample_box_blocks(

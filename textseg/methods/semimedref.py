@@ -197,15 +197,8 @@ class SemiMedRefModule(TextSegModule):
             return mixing.sample_prob_blocks(probs[perm], hp.confidence, hp.mix_block, hp.mix_prob, gen)
         if hp.mix_mode == "random":
             return mixing.sample_random_blocks(b, hp.mix_block, hp.mix_prob, h, w, gen, device=probs.device)
-        boxes, allowed = [], []
-        for i, j in enumerate(perm.tolist()):
-            pi, pj = text.first_phrase(texts[i]), text.first_phrase(texts[j])
-            ok = pi is not None and (pj is None or pi.side == pj.side)  # methods.md §6.4 step 2
-            boxes.append(mixing.region_box(pi.side, pi.levels, h, w) if ok and pi else (0, h, 0, w))
-            allowed.append(ok)
-        masks = mixing.sample_box_blocks(
-            torch.tensor(boxes), torch.tensor(allowed), hp.mix_block, hp.mix_prob, h, w, gen
-        )
+        boxes, allowed = mixing.position_boxes(texts, perm, h, w)
+        masks = mixing.sample_box_blocks(boxes, allowed, hp.mix_block, hp.mix_prob, h, w, gen)
         return masks.to(probs.device)
 
     def _mix(
