@@ -1,4 +1,4 @@
-"""The training loop shared by the quality benchmarks: fit on CPU, keep the best checkpoint, test it.
+"""The training loop shared by the quality benchmarks: fit (CPU by default), keep the best checkpoint, test it.
 
 Imported by ``semimedref_synthetic.py`` and ``textmoe_synthetic.py`` (run as scripts from the repository root, so
 ``benchmarks/`` is on ``sys.path``).
@@ -18,12 +18,19 @@ LOG_EVERY_N_STEPS = 10
 
 
 def fit_and_test(
-    name: str, build: Callable[[], LightningModule], dm: LightningDataModule, epochs: int, log_dir: str, seed: int
+    name: str,
+    build: Callable[[], LightningModule],
+    dm: LightningDataModule,
+    epochs: int,
+    log_dir: str,
+    seed: int,
+    accelerator: str = "cpu",
 ) -> tuple[str, dict[str, float]]:
     """Seed everything, build the module, fit it for ``epochs`` (best checkpoint on ``val_dice``), test the best.
 
     The module is built *after* seeding, so ``seed`` fixes the network initialisation too (torch's generator starts
-    from a random seed in every process; building first made every run start from other weights).
+    from a random seed in every process; building first made every run start from other weights). ``accelerator``
+    is Lightning's (``"cpu"``, ``"gpu"``); fp32 either way.
 
     Returns:
         The best checkpoint's path and the test metrics plus ``train_seconds`` (wall time of ``fit``).
@@ -32,7 +39,8 @@ def fit_and_test(
     module = build()
     ckpt = ModelCheckpoint(monitor="val_dice", mode="max", filename="best")
     trainer = Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
+        devices=1,
         max_epochs=epochs,
         logger=CSVLogger(log_dir, name=name),
         callbacks=[ckpt],

@@ -66,7 +66,7 @@ METHODS: dict[str, tuple[str, type[SupervisedModule] | type[SemiMedRefModule]]] 
 
 
 def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"backbone": args.backbone, "vision_encoder": "tiny", "text_encoder": "minilm", "project_dim": 64,
+    return {"backbone": args.backbone, "vision_encoder": "tiny", "text_encoder": args.text_encoder, "project_dim": 64,
             "lr": args.lr, "min_lr": 1e-5}  # fmt: skip
 
 
@@ -75,7 +75,9 @@ def train(
 ) -> tuple[Any, dict[str, float]]:
     """Build (seeded: both methods start from the same weights), fit and test; return the best module and metrics."""
     cls = METHODS[key][1]
-    best_path, metrics = fit_and_test(key, lambda: cls(**kwargs), dm, args.epochs, args.log_dir, args.seed)
+    best_path, metrics = fit_and_test(
+        key, lambda: cls(**kwargs), dm, args.epochs, args.log_dir, args.seed, args.accelerator
+    )
     return cls.load_from_checkpoint(best_path, weights_only=True), metrics
 
 
@@ -125,15 +127,17 @@ def text_probe_dice(
     metrics = {name: segmentation_metrics(f"{name}_") for name in ("own", *probes)}
     counts = dict.fromkeys(("lesion", "missed", "fp_distractor", "fp_other"), 0.0)
     distractors = distractor_masks(dm.hparams.root)
+    for metric in metrics.values():
+        metric.to(module.device)
     for batch in dm.test_dataloader():
-        mask = batch["mask"].bool()
+        image, mask = batch["image"].to(module.device), batch["mask"].to(module.device).bool()
         for name, edit in probes.items():
-            logits = module(batch["image"], edit(list(batch["text"])), module.eval_net)["logits"]
+            logits = module(image, edit(list(batch["text"])), module.eval_net)["logits"]
             metrics[name].update(binarize_logits(logits), mask.long())
-        pred = binarize_logits(module(batch["image"], list(batch["text"]), module.eval_net)["logits"])
+        pred = binarize_logits(module(image, list(batch["text"]), module.eval_net)["logits"])
         metrics["own"].update(pred, mask.long())
         pred = pred.bool()
-        distractor = distractors(batch["id"], mask.shape[-1])
+        distractor = distractors(batch["id"], mask.shape[-1]).to(module.device)
         counts["lesion"] += mask.sum().item()
         counts["missed"] += (mask & ~pred).sum().item()
         counts["fp_distractor"] += (pred & ~mask & distractor).sum().item()
@@ -182,6 +186,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["supervised", "semimedref"], default=None, help="train one method only")
     parser.add_argument("--seed", type=int, default=42, help="labeled subset, initial weights, augmentation streams")
     parser.add_argument("--root", default=None, help="synthetic data folder (default: data/synthetic_n<n_train>)")
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of fit and test (cpu, gpu)")
+    parser.add_argument("--text_encoder", default="minilm", help="text encoder spec (default: the packaged MiniLM)")
     parser.add_argument("--log_dir", default="runs/bench")
     parser.add_argument("--out", default="benchmarks/results_semimedref_synthetic.md")
     parser.add_argument("--probe", default=None, help="only run the text probe on this checkpoint (any method)")
@@ -215,7 +221,8 @@ def main() -> None:
         f"--n_train {args.n_train} --image_size {args.image_size} --backbone {args.backbone} "
         f"--lambda_u {args.lambda_u} --burn_in {burn_in} --ema_end {args.ema_end} --itcl_u {args.itcl_u} "
         f"--text_aug {args.text_aug} --mix_block {args.mix_block} --mix_prob {args.mix_prob}"
-        f"{' --eval_teacher' if args.eval_teacher else ''}` (CPU, tiny ConvNeXt, packaged MiniLM text encoder).",
+        f"{' --eval_teacher' if args.eval_teacher else ''} --accelerator {args.accelerator} "
+        f"--text_encoder {args.text_encoder}` (tiny ConvNeXt).",
         "",
         "| method | test Dice (pooled) | test IoU | Dice per image | Dice, shuffled texts | left/right swapped "
         "| upper/lower swapped | missed lesion px | FP on distractors | FP elsewhere | train time (s) |",

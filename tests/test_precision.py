@@ -1,5 +1,6 @@
 """Mixed precision and memory format: both semi-supervised methods train under ``bf16-mixed`` with channels-last
-weights and inputs, with finite losses (the FFT, losses and pseudo-labels run in fp32)."""
+weights and inputs, with finite losses (the FFT, losses and pseudo-labels run in fp32); under fp16 loss scaling
+(``16-mixed``) overflowing steps are left to the ``GradScaler`` and NaN losses are still caught."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch import Tensor
 
 from textseg.datamodule import TextSegDataModule
+from textseg.guards import NonFiniteLossError
 from textseg.methods import SemiMedRefModule, TextMoEModule
 
 TINY: dict[str, Any] = {"vision_encoder": "tiny", "text_encoder": "tiny", "channels_last": True}
@@ -54,6 +58,49 @@ def test_bf16_mixed_channels_last_fit(method: str, qata_root: Path, mosmed_root:
     conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert all(p.dtype == torch.float32 for p in module.net.parameters())  # master weights stay fp32
+
+
+class _Poisoned(SemiMedRefModule):
+    """Semi-MedRef whose labeled images are NaN: every loss is NaN."""
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        batch["labeled"]["image"] = batch["labeled"]["image"] * float("nan")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("poisoned", [False, True])
+def test_fp16_loss_scaling_leaves_overflow_to_the_scaler(poisoned: bool, qata_root: Path) -> None:
+    """``16-mixed`` (fp16 autocast + ``GradScaler``; on the CPU here, as on a GPU): a scale of 2**127 overflows
+    every step. The scaler skips those steps and halves its scale each time, the weights stay put, and the guard
+    (``nonfinite="stop"``) lets it; a NaN loss still stops the run."""
+    torch.manual_seed(0)
+    cls = _Poisoned if poisoned else SemiMedRefModule
+    module = cls(backbone="mmiunet", project_dim=16, burn_in_epochs=0, lambda_u_ramp_epochs=0, nonfinite="stop",
+                 vision_encoder="tiny", text_encoder="tiny")  # fmt: skip
+    before = {k: v.clone() for k, v in module.net.state_dict().items() if v.is_floating_point()}
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    trainer = Trainer(
+        accelerator="cpu",
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    dm = TextSegDataModule(dataset="qata", root=str(qata_root), labeled_ratio=0.25, image_size=64, batch_size=2)
+    if poisoned:
+        with pytest.raises(NonFiniteLossError, match="train_loss_sup=nan"):
+            trainer.fit(module, datamodule=dm)
+        return
+    trainer.fit(module, datamodule=dm)
+    assert scaler.get_scale() == 2.0**125  # two overflowing steps, each skipped with backoff 0.5
+    after = module.net.state_dict()
+    for name, value in before.items():
+        if "running" not in name and "num_batches" not in name:
+            torch.testing.assert_close(after[name], value, msg=f"{name} moved in a step the scaler skipped")
 
 
 @pytest.mark.slow  # TorchDynamo tracing: ~40-75 s on 2 cores; `make test-all`

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from textseg import cuda_env  # noqa: F401  (records CUBLAS_WORKSPACE_CONFIG before any module imports MONAI)
+
 __version__ = "0.1.0"
 
 _LAZY = {

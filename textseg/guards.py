@@ -5,6 +5,10 @@
 infinite it either stops the run with a message naming the loss terms and the first parameters affected
 (``mode="stop"``, the default), or drops the step -- every gradient is cleared so the optimizer leaves the weights
 untouched -- and counts it in ``train_skipped_steps`` (``mode="skip"``).
+
+Under fp16 loss scaling (``precision="16-mixed"``, a ``GradScaler``) overflow is routine: the scaler skips the steps
+whose scaled loss or gradients overflowed and lowers its scale. There the guard leaves infinities to the scaler and
+stops (or skips) on a NaN loss only; the loss it sees is the scaled one.
 """
 
 from __future__ import annotations
@@ -56,14 +60,25 @@ class NonFiniteGuard(Callback):
             if p.grad is not None and not bool(torch.isfinite(p.grad).all())
         ]
 
+    @staticmethod
+    def loss_scaled(trainer: Trainer) -> bool:
+        """Whether the run scales its fp16 loss with a ``GradScaler`` (``precision="16-mixed"`` on a GPU)."""
+        return getattr(trainer.precision_plugin, "scaler", None) is not None
+
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Any) -> None:
-        """Remember whether this step's total loss is finite (logged terms may be stale from earlier steps)."""
-        self._loss_bad = self._loss_bad or not bool(torch.isfinite(loss.detach()).all())
+        """Remember whether this step's total loss is bad: NaN or infinite; only NaN when it is scaled.
+
+        The logged terms may be stale from earlier steps, so the loss handed to backward is checked. An infinite
+        scaled loss is an overflow, which the ``GradScaler`` handles.
+        """
+        loss = loss.detach()
+        bad = torch.isnan(loss) if self.loss_scaled(trainer) else ~torch.isfinite(loss)
+        self._loss_bad = self._loss_bad or bool(bad.any())
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         """Check the step's loss and gradients; stop or drop the step, naming the non-finite logged loss terms."""
         loss_bad, self._loss_bad = self._loss_bad, False
-        grads = self.bad_gradients(pl_module)
+        grads = [] if self.loss_scaled(trainer) else self.bad_gradients(pl_module)
         terms = self.bad_terms(trainer) if loss_bad or grads else []
         if loss_bad and not terms:
             terms = ["total loss=nan/inf"]
