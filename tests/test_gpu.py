@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-
-from textseg.datamodule import TextSegDataModule
-from textseg.methods import SemiMedRefModule, TextMoEModule
+from test_precision import tiny_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-TINY: dict[str, Any] = {"vision_encoder": "tiny", "text_encoder": "tiny", "channels_last": True, "nonfinite": "stop"}
 TEXTS = [
     "Unilateral pulmonary infection, one infected area, lower left lung.",
     "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
@@ -42,30 +38,11 @@ class _Placement(Callback):
         self.seen = {(p.device.type, p.dtype) for net in nets for p in net.parameters()}  # type: ignore[union-attr]
 
 
-def _build(method: str, qata_root: Path, mosmed_root: Path) -> tuple[Any, TextSegDataModule]:
-    if method == "semimedref":
-        module: Any = SemiMedRefModule(
-            backbone="mmiunet", project_dim=16, burn_in_epochs=0, lambda_u_ramp_epochs=0, mix_prob=1.0, **TINY
-        )
-        dm = TextSegDataModule(dataset="qata", root=str(qata_root), labeled_ratio=0.25, image_size=64, batch_size=2)
-        return module, dm
-    module = TextMoEModule(pretrain_epochs=0, **TINY)
-    dm = TextSegDataModule(
-        dataset=["qata", "mosmed"],
-        root=[str(qata_root), str(mosmed_root)],
-        labeled_ratio=0.25,
-        image_size=64,
-        batch_size=2,
-        unlabeled_batch_size=4,
-    )
-    return module, dm
-
-
 @pytest.mark.parametrize("precision", ["32", "bf16-mixed", "16-mixed"])
 @pytest.mark.parametrize("method", ["semimedref", "textmoe"])
 def test_fit_and_test_on_gpu(method: str, precision: str, qata_root: Path, mosmed_root: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    module, dm = _build(method, qata_root, mosmed_root)
+    module, dm = tiny_run(method, qata_root, mosmed_root)
     start = {k: v.clone() for k, v in module.net.state_dict().items() if v.is_floating_point()}
     ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_dice", mode="max", filename="best")
     placement = _Placement()

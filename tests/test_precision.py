@@ -22,24 +22,30 @@ from textseg.methods import SemiMedRefModule, TextMoEModule
 TINY: dict[str, Any] = {"vision_encoder": "tiny", "text_encoder": "tiny", "channels_last": True}
 
 
-@pytest.mark.parametrize("method", ["semimedref", "textmoe"])
-def test_bf16_mixed_channels_last_fit(method: str, qata_root: Path, mosmed_root: Path, tmp_path: Path) -> None:
-    torch.manual_seed(0)
+def tiny_run(method: str, qata_root: Path, mosmed_root: Path) -> tuple[Any, TextSegDataModule]:
+    """A tiny channels-last Semi-MedRef (QaTa, unlabeled branch and T-PatchMix on from the first step) or TextMoE
+    (composite QaTa + MosMed) module and its data (also used by ``test_gpu.py``)."""
     if method == "semimedref":
         module: Any = SemiMedRefModule(
             backbone="mmiunet", project_dim=16, burn_in_epochs=0, lambda_u_ramp_epochs=0, mix_prob=1.0, **TINY
         )
         dm = TextSegDataModule(dataset="qata", root=str(qata_root), labeled_ratio=0.25, image_size=64, batch_size=2)
-    else:
-        module = TextMoEModule(**TINY)
-        dm = TextSegDataModule(
-            dataset=["qata", "mosmed"],
-            root=[str(qata_root), str(mosmed_root)],
-            labeled_ratio=0.25,
-            image_size=64,
-            batch_size=2,
-            unlabeled_batch_size=4,
-        )
+        return module, dm
+    dm = TextSegDataModule(
+        dataset=["qata", "mosmed"],
+        root=[str(qata_root), str(mosmed_root)],
+        labeled_ratio=0.25,
+        image_size=64,
+        batch_size=2,
+        unlabeled_batch_size=4,
+    )
+    return TextMoEModule(**TINY), dm
+
+
+@pytest.mark.parametrize("method", ["semimedref", "textmoe"])
+def test_bf16_mixed_channels_last_fit(method: str, qata_root: Path, mosmed_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module, dm = tiny_run(method, qata_root, mosmed_root)
     trainer = Trainer(
         accelerator="cpu",
         precision="bf16-mixed",
