@@ -3,7 +3,7 @@
 Importing MONAI sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` when the variable is unset (``monai/utils/misc.py``, for
 deterministic cuBLAS). With it set, every cuBLAS call costs the host several times more: measured on an H100 (torch
 2.11, CUDA 13), a small ``mm`` took 78 us instead of 14 us per call, and a full-size Semi-MedRef step, which issues
-about 2,900 matrix products, was host-bound (``benchmarks/results_step_time_cuda.md``). textseg does not need the
+about 960 matrix products, was host-bound (``benchmarks/results_step_time_cuda.md``). textseg does not need the
 setting: Lightning sets it itself for ``Trainer(deterministic=True)``.
 
 :data:`USER_VALUE` records the variable when ``textseg`` is imported (before any textseg module imports MONAI), and
