@@ -42,21 +42,20 @@ def tiny_run(method: str, qata_root: Path, mosmed_root: Path) -> tuple[Any, Text
     return TextMoEModule(**TINY), dm
 
 
+def short_cpu_trainer(**kwargs: Any) -> Trainer:
+    """One CPU epoch of 2 training batches, no progress bar, summary or checkpoints; ``kwargs`` add or override."""
+    defaults: dict[str, Any] = {"accelerator": "cpu", "max_epochs": 1, "limit_train_batches": 2, "logger": False,
+                                "enable_model_summary": False, "enable_progress_bar": False,
+                                "enable_checkpointing": False}  # fmt: skip
+    return Trainer(**{**defaults, **kwargs})
+
+
 @pytest.mark.parametrize("method", ["semimedref", "textmoe"])
 def test_bf16_mixed_channels_last_fit(method: str, qata_root: Path, mosmed_root: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     module, dm = tiny_run(method, qata_root, mosmed_root)
-    trainer = Trainer(
-        accelerator="cpu",
-        precision="bf16-mixed",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=CSVLogger(tmp_path),
-        log_every_n_steps=1,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
+    trainer = short_cpu_trainer(
+        precision="bf16-mixed", limit_val_batches=1, logger=CSVLogger(tmp_path), log_every_n_steps=1
     )
     trainer.fit(module, datamodule=dm)
     losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train_loss")}
@@ -85,17 +84,7 @@ def test_fp16_loss_scaling_leaves_overflow_to_the_scaler(poisoned: bool, qata_ro
                  vision_encoder="tiny", text_encoder="tiny")  # fmt: skip
     before = {k: v.clone() for k, v in module.net.state_dict().items() if v.is_floating_point()}
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
-    trainer = Trainer(
-        accelerator="cpu",
-        plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-    )
+    trainer = short_cpu_trainer(plugins=[MixedPrecision("16-mixed", "cpu", scaler)], limit_val_batches=0)
     dm = TextSegDataModule(dataset="qata", root=str(qata_root), labeled_ratio=0.25, image_size=64, batch_size=2)
     if poisoned:
         with pytest.raises(NonFiniteLossError, match="train_loss_sup=nan"):
@@ -125,16 +114,7 @@ def test_compile_option(qata_root: Path, tmp_path: Path, monkeypatch: pytest.Mon
     }
     module = SemiMedRefModule(compile=True, burn_in_epochs=0, lambda_u_ramp_epochs=0, **kwargs)
     dm = TextSegDataModule(dataset="qata", root=str(qata_root), labeled_ratio=0.25, image_size=64, batch_size=2)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-    )
+    trainer = short_cpu_trainer(limit_val_batches=1)
     trainer.fit(module, datamodule=dm)
     assert module.net._compiled_call_impl is not None and module.teacher._compiled_call_impl is not None
     plain = SemiMedRefModule(**kwargs)
