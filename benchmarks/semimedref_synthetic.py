@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from fit_and_test import fit_and_test
 
 from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule, checkpointing, text
-from textseg.datasets.synthetic import META_FILE, SyntheticConfig, generate_sample
+from textseg.datasets.synthetic import META_FILE, SyntheticConfig, generate_sample, make_synthetic, qata_sized_config
 from textseg.metrics import binarize_logits, segmentation_metrics
 
 
@@ -186,13 +186,18 @@ def main() -> None:
     parser.add_argument("--only", choices=["supervised", "semimedref"], default=None, help="train one method only")
     parser.add_argument("--seed", type=int, default=42, help="labeled subset, initial weights, augmentation streams")
     parser.add_argument("--root", default=None, help="synthetic data folder (default: data/synthetic_n<n_train>)")
+    parser.add_argument("--lesions", choices=["default", "qata"], default="default",
+                        help="qata: generate the tree with QaTa-sized lesions (qata_sized_config, ~6 %% of the image; "
+                        "default: 2 %%); default root data/synthetic_n<n_train>_qata")  # fmt: skip
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of fit and test (cpu, gpu)")
     parser.add_argument("--text_encoder", default="minilm", help="text encoder spec (default: the packaged MiniLM)")
     parser.add_argument("--log_dir", default="runs/bench")
     parser.add_argument("--out", default="benchmarks/results_semimedref_synthetic.md")
     parser.add_argument("--probe", default=None, help="only run the text probe on this checkpoint (any method)")
     args = parser.parse_args()
-    args.root = args.root or f"data/synthetic_n{args.n_train}"
+    args.root = args.root or f"data/synthetic_n{args.n_train}{'_qata' if args.lesions == 'qata' else ''}"
+    if args.lesions == "qata" and not Path(args.root).exists():  # the datamodule's defaults, larger lesions
+        make_synthetic(args.root, args.n_train, config=qata_sized_config())
     if args.probe:
         probe_checkpoint(args)
         return
@@ -221,6 +226,7 @@ def main() -> None:
         f"--n_train {args.n_train} --image_size {args.image_size} --backbone {args.backbone} "
         f"--lambda_u {args.lambda_u} --burn_in {burn_in} --ema_end {args.ema_end} --itcl_u {args.itcl_u} "
         f"--text_aug {args.text_aug} --mix_block {args.mix_block} --mix_prob {args.mix_prob}"
+        f"{' --lesions qata' if args.lesions == 'qata' else ''}"
         f"{' --eval_teacher' if args.eval_teacher else ''} --accelerator {args.accelerator} "
         f"--text_encoder {args.text_encoder}` (tiny ConvNeXt).",
         "",

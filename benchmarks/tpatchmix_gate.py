@@ -10,6 +10,7 @@ lesions cover 2 %.
 Usage (CPU, seconds):
 
     python benchmarks/tpatchmix_gate.py --sigma 0.03 0.05 --sigma 0.05 0.08 --sigma 0.06 0.10 --block 4 8
+    python benchmarks/tpatchmix_gate.py --sigma 0.06 0.10 --taper 0.05 --block 4 8  # qata_sized_config
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from textseg.datasets.synthetic import SyntheticConfig, caption_for, generate_sa
 
 
 def gate_acceptance(
-    sigma: tuple[float, float], block: int, n: int, size: int, delta: float, seed: int
+    sigma: tuple[float, float], block: int, n: int, size: int, delta: float, seed: int, taper: float = 0.0
 ) -> tuple[float, float, float]:
     """Return (lesion share of the image, share of samples with a drawn block, accepted share of drawn blocks)."""
-    samples = [generate_sample(seed, "train", i, size, SyntheticConfig(opacity_sigma=sigma)) for i in range(n)]
+    cfg = SyntheticConfig(opacity_sigma=sigma, opacity_edge_taper=taper)
+    samples = [generate_sample(seed, "train", i, size, cfg) for i in range(n)]
     masks = torch.from_numpy(np.stack([s.mask for s in samples])).float()[:, None]
     texts = [caption_for(s.position) for s in samples]
     gen = torch.Generator().manual_seed(seed)
@@ -47,13 +49,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image side (the benchmark's network size)")
     parser.add_argument("--delta", type=float, default=0.55, help="lesion gate threshold")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--taper", type=float, default=0.0, help="opacity_edge_taper (QaTa-sized preset: 0.05)")
     args = parser.parse_args()
-    print("| opacity_sigma | lesion share of the image | block | samples with a block | accepted / drawn |")
-    print("|---|---|---|---|---|")
+    print("| opacity_sigma | taper | lesion share of the image | block | samples with a block | accepted / drawn |")
+    print("|---|---|---|---|---|---|")
     for sigma in args.sigma or [(0.03, 0.05)]:
         for block in args.block:
-            area, drawn, accepted = gate_acceptance(tuple(sigma), block, args.n, args.size, args.delta, args.seed)
-            print(f"| {sigma[0]}-{sigma[1]} | {area:.3f} | {block} | {drawn:.2f} | {accepted:.3f} |")
+            area, drawn, accepted = gate_acceptance(
+                tuple(sigma), block, args.n, args.size, args.delta, args.seed, args.taper
+            )
+            print(f"| {sigma[0]}-{sigma[1]} | {args.taper} | {area:.3f} | {block} | {drawn:.2f} | {accepted:.3f} |")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ from textseg.datasets.synthetic import (
     caption_for,
     generate_sample,
     make_synthetic,
+    qata_sized_config,
     region_boxes,
 )
+from textseg.datasets.synthetic import _opacity as opacity_profile
 from textseg.errors import DataError
 from textseg.text import position_label
 
@@ -162,6 +164,30 @@ def test_geometry_config() -> None:
     assert len(boxes) == 6
     assert boxes[0][2:] == (0, 64) and boxes[3][2:] == (64, 128)
     assert boxes[0][1] == boxes[1][0] and boxes[1][1] == boxes[2][0]
+
+
+def test_qata_sized_lesions() -> None:
+    """QaTa-sized lesions: 3x the default area, still inside the named regions, faded out at the box border."""
+    big, small = qata_sized_config(), SyntheticConfig()
+    regions = _region_map(128)
+    samples = [generate_sample(0, "train", i, 128, big) for i in range(60)]
+    share = np.mean([s.mask.mean() for s in samples])
+    default_share = np.mean([generate_sample(0, "train", i, 128, small).mask.mean() for i in range(60)])
+    assert 0.05 < share < 0.09 and 0.015 < default_share < 0.03  # real QaTa masks: mean 9 % (7 in shared/data)
+    for s in samples:
+        assert set(np.unique(regions[s.mask == 1]).tolist()) == {i for i in range(6) if s.position[i]}
+        assert (s.distractor_mask & s.mask).sum() == 0 and s.distractor_mask.sum() > 0
+    # The fade: on the region box border the profile is ~0 (a hard cut there would show as a straight edge).
+    lung = np.ones((128, 128), dtype=np.float32)
+    hard, cut_edges = SyntheticConfig(opacity_sigma=big.opacity_sigma), []
+    for k, box in enumerate(region_boxes(128)):
+        r0, r1, c0, c1 = box
+        tapered = opacity_profile(np.random.default_rng(k), box, lung, 128, big)[r0:r1, c0:c1]
+        cut = opacity_profile(np.random.default_rng(k), box, lung, 128, hard)[r0:r1, c0:c1]
+        border = np.concatenate([tapered[[0, -1]].ravel(), tapered[:, [0, -1]].ravel()])
+        assert border.max() < 0.02 and tapered.max() > 0.8
+        cut_edges.append(max(cut[[0, -1]].max(), cut[:, [0, -1]].max()))
+    assert max(cut_edges) > 0.2  # the same opacities cut hard: a bright box edge
 
 
 def test_old_generator_version_refused(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from fakedata import (
 
 from textseg.cli import main
 from textseg.datacli import check_dataset
+from textseg.datasets import read_mask
 from textseg.datasets.folder import folder_records
+from textseg.datasets.synthetic import make_synthetic
 from textseg.errors import DataError
 from textseg.text import position_label
 
@@ -146,6 +149,16 @@ def test_synth_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "train          6         6" in out
     code, out = run_cli(args, capsys)
     assert code == 1 and "already exists and is not empty" in out
+    # QaTa-sized lesions: the same tree layout and texts, about 3x the lesion area.
+    big = tmp_path / "synth_qata"
+    code, out = run_cli([*args[:2], str(big), *args[3:-1], "64", "--lesions", "qata"], capsys)
+    assert code == 0 and json.loads((big / "synthetic.json").read_text())["config"]["opacity_edge_taper"] > 0
+    small = make_synthetic(tmp_path / "small", n_train=6, n_val=2, n_test=2, image_size=64)
+    area = [np.mean([read_mask(p).mean() for p in sorted((t / "train" / "masks").glob("*.png"))]) for t in (big, small)]
+    assert area[0] > 2 * area[1]
+    assert json.loads((big / "annotation.json").read_text()) == json.loads((small / "annotation.json").read_text())
+    code, out = run_cli([*args[:2], str(tmp_path / "ct"), "--modality", "ct", "--lesions", "qata"], capsys)
+    assert code == 1 and "lesions must be 'default', or 'qata' with the X-ray modality" in out
 
 
 # --------------------------------------------------------------------------------------------- folder records

@@ -242,6 +242,7 @@ def synth_dataset(
     image_size: int = 128,
     seed: int = 0,
     modality: str = "xray",
+    lesions: str = "default",
 ) -> SegDataset:
     """Write the synthetic referring dataset and read it back.
 
@@ -253,6 +254,8 @@ def synth_dataset(
         image_size: Image side (a multiple of 32).
         seed: Generator seed (same arguments, byte-identical files).
         modality: ``"xray"`` (QaTa-like, SGSeg layout) or ``"ct"`` (MosMed-like).
+        lesions: ``"default"`` (lesions of about 2 % of the image) or ``"qata"`` (X-ray only: QaTa-sized lesions of
+            about 6 %, :func:`~textseg.datasets.synthetic.qata_sized_config`).
 
     Returns:
         The dataset read from the new tree.
@@ -260,13 +263,17 @@ def synth_dataset(
     Raises:
         DataError: If ``root`` exists and is not empty, or for bad arguments.
     """
-    from textseg.datasets.synthetic import load_synthetic
+    from textseg.datasets.synthetic import load_synthetic, make_synthetic, qata_sized_config
 
     path = Path(root).expanduser()
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise DataError(f"{path} already exists and is not empty; choose a new folder for the synthetic dataset")
     if modality not in ("xray", "ct"):
         raise DataError(f"modality must be 'xray' or 'ct', got {modality!r}")
+    if lesions not in ("default", "qata") or (lesions == "qata" and modality != "xray"):
+        raise DataError(f"lesions must be 'default', or 'qata' with the X-ray modality; got {lesions!r} ({modality})")
+    if lesions == "qata":
+        make_synthetic(path, n_train, n_val, n_test, image_size, seed, qata_sized_config())
     return load_synthetic(
         path,
         n_train=n_train,
@@ -294,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image_size", type=int, default=128, help="image side, a multiple of 32 (default 128)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     synth.add_argument("--modality", choices=("xray", "ct"), default="xray", help="X-ray-like or CT-like images")
+    synth.add_argument(
+        "--lesions", choices=("default", "qata"), default="default", help="qata: QaTa-sized lesions (X-ray only)"
+    )
     return parser
 
 
@@ -313,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if report.usable else 1
     try:
         data = synth_dataset(
-            args.root, args.n_train, args.n_val, args.n_test, args.image_size, args.seed, args.modality
+            args.root, args.n_train, args.n_val, args.n_test, args.image_size, args.seed, args.modality, args.lesions
         )
     except DataError as exc:
         print(f"textseg data synth: {exc}")
