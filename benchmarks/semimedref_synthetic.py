@@ -198,9 +198,15 @@ def main() -> None:
     args.root = args.root or f"data/synthetic_n{args.n_train}{'_qata' if args.lesions == 'qata' else ''}"
     if args.lesions == "qata" and not Path(args.root).exists():  # the datamodule's defaults, larger lesions
         make_synthetic(args.root, args.n_train, config=qata_sized_config())
-    if args.probe:
+    if args.probe:  # any tree: the distractors are regenerated from its synthetic.json
         probe_checkpoint(args)
         return
+    meta_path = Path(args.root) / META_FILE
+    if meta_path.exists():  # a tree of the other lesion size would give mislabeled numbers
+        sigma = json.loads(meta_path.read_text(encoding="utf-8"))["config"]["opacity_sigma"]
+        expected = (qata_sized_config() if args.lesions == "qata" else SyntheticConfig()).opacity_sigma
+        if tuple(sigma) != expected:
+            parser.error(f"{args.root} has opacity_sigma {sigma}, not the {expected} of --lesions {args.lesions}")
     if args.ratio >= 1 and args.only != "supervised":
         parser.error("--ratio 1 leaves no unlabeled pairs for Semi-MedRef: add --only supervised")
 

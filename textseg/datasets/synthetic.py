@@ -117,9 +117,8 @@ class SyntheticConfig:
         opacity_spread: Offset of the extra components, in units of the component width.
         mask_threshold: Part of the peak brightness above which an opacity pixel is lesion (mask = 1).
         opacity_edge_taper: Width of a smooth fade of an opacity to zero at its region box border (0 = a hard cut,
-            invisible for the default widths, whose profile is near zero there; wide opacities, e.g.
-            ``opacity_sigma=(0.06, 0.10)`` for QaTa-sized lesions of about 8 % of the image, need a fade or the box
-            edge shows as a bright straight line).
+            invisible for the default widths, whose profile is near zero there; wide opacities such as those of
+            :func:`qata_sized_config` need a fade, or the box edge shows as a bright straight line).
         modality: ``"xray"`` (QaTa-like, SGSeg layout) or ``"ct"`` (MosMed-like, Kaggle layout, modality 1).
         spine_level: Brightness of the vertebral body disc (CT; 0 = none).
         spine_center_y: Vertical centre of that disc.
