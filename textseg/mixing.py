@@ -245,6 +245,7 @@ def sample_box_blocks(
     height: int,
     width: int,
     generator: torch.Generator,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Position-constrained T-PatchMix masks (Sec. 2.3 "(i)", ``methods.md`` Sec. 6.4 step 3).
 
@@ -264,9 +265,12 @@ def sample_box_blocks(
         height: Image height ``H``.
         width: Image width ``W``.
         generator: Source of randomness.
+        device: Device of the returned mask (default: ``boxes.device``). The boxes are checked where they are
+            (pass them on the CPU, as :func:`position_boxes` returns them, so that the check does not wait for
+            the accelerator) and moved there once.
 
     Returns:
-        ``[B, 1, H, W]`` float32 mask in ``{0, 1}`` on ``boxes.device``.
+        ``[B, 1, H, W]`` float32 mask in ``{0, 1}``.
 
     Raises:
         DataError: On bad shapes, ``block``/``prob`` values, or an allowed box that is empty or leaves the
@@ -289,7 +293,9 @@ def sample_box_blocks(
         raise DataError(
             f"sample_box_blocks: box {b[idx].tolist()} of sample {idx} is empty or outside the {height}x{width} image"
         )
-    u = _uniform(3 * n, generator, boxes.device).view(3, n)
+    dev = boxes.device if device is None else torch.device(device)
+    u = _uniform(3 * n, generator, dev).view(3, n)
+    r0, r1, c0, c1, ok = r0.to(dev), r1.to(dev), c0.to(dev), c1.to(dev), ok.to(dev)
     active = ok & (u[0] < prob)
     top, bh = _place(r0, r1, block, u[1])
     left, bw = _place(c0, c1, block, u[2])
@@ -321,10 +327,9 @@ def sample_random_blocks(
     Returns:
         ``[B, 1, H, W]`` float32 mask in ``{0, 1}``.
     """
-    dev = torch.device("cpu") if device is None else torch.device(device)
-    boxes = torch.tensor([[0, height, 0, width]], dtype=torch.long, device=dev).expand(batch, 4)
-    allowed = torch.ones(batch, dtype=torch.bool, device=dev)
-    return sample_box_blocks(boxes, allowed, block, prob, height, width, generator)
+    boxes = torch.tensor([[0, height, 0, width]], dtype=torch.long).expand(batch, 4)
+    allowed = torch.ones(batch, dtype=torch.bool)
+    return sample_box_blocks(boxes, allowed, block, prob, height, width, generator, device)
 
 
 def sample_prob_blocks(

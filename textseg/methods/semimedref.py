@@ -197,9 +197,8 @@ class SemiMedRefModule(TextSegModule):
             return mixing.sample_prob_blocks(probs[perm], hp.confidence, hp.mix_block, hp.mix_prob, gen)
         if hp.mix_mode == "random":
             return mixing.sample_random_blocks(b, hp.mix_block, hp.mix_prob, h, w, gen, device=probs.device)
-        boxes, allowed = mixing.position_boxes(texts, perm, h, w)  # [B, 4] on the CPU: move them, not the masks
-        boxes, allowed = boxes.to(probs.device), allowed.to(probs.device)
-        return mixing.sample_box_blocks(boxes, allowed, hp.mix_block, hp.mix_prob, h, w, gen)
+        boxes, allowed = mixing.position_boxes(texts, perm, h, w)  # [B, 4] on the CPU, checked there
+        return mixing.sample_box_blocks(boxes, allowed, hp.mix_block, hp.mix_prob, h, w, gen, device=probs.device)
 
     def _mix(
         self, image: Tensor, probs: Tensor, target: Tensor, texts: list[str], gen: torch.Generator
