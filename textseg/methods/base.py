@@ -1,24 +1,20 @@
 """The thin base LightningModule shared by every method: networks, losses, metrics, evaluation, optimiser.
 
-Subclasses implement ``training_step`` (and own their teacher). Evaluation, the AdamW + cosine recipe
-(``methods.md`` §7), the synchronisation of BatchNorm statistics under DDP, ``test_metrics.json`` and the checkpoint
-hooks (method stamp, RNG states, refusing another method's checkpoint: :mod:`textseg.checkpointing`) live here.
+Subclasses implement ``training_step`` (and own their teacher). Evaluation, ``test_metrics.json`` and the AdamW +
+cosine recipe (``methods.md`` §7) live here; the run plumbing (callbacks, checkpoint stamps, BatchNorm statistics
+under DDP, memory format, compilation) in :class:`~textseg.methods.runtime.RunHooks`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 
-from textseg import checkpointing
-from textseg.ema import average_buffers
-from textseg.guards import NonFiniteGuard
 from textseg.losses import build_seg_loss
+from textseg.methods.runtime import RunHooks
 from textseg.metrics import GroupedSegMetrics, binarize_logits
 from textseg.models import build_core
 from textseg.models.encoders import TextEncoder
@@ -26,7 +22,7 @@ from textseg.models.types import SegOutput
 from textseg.report import write_test_metrics
 
 
-class TextSegModule(LightningModule):
+class TextSegModule(RunHooks):
     """Base of all textseg methods.
 
     Args:
@@ -117,16 +113,11 @@ class TextSegModule(LightningModule):
         self.test_metrics = GroupedSegMetrics("test_", groups)
 
     def setup(self, stage: str) -> None:
-        """Per-dataset metrics for composite data (``val_dice_qata``, ...); memory format and compilation."""
+        """Per-dataset metrics for composite data (``val_dice_qata``, ...), then :meth:`RunHooks.setup`."""
         names = list(getattr(getattr(self.trainer, "datamodule", None), "dataset_names", []))
         if len(names) > 1:
             self.configure_metrics(names)
-        nets = [n for n in (self.net, getattr(self, "teacher", None)) if n is not None]
-        for net in nets:
-            if self.hp.channels_last:
-                net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-            if self.hp.compile:
-                net.compile()
+        super().setup(stage)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -181,27 +172,6 @@ class TextSegModule(LightningModule):
         if self.trainer.is_global_zero and log_dir:
             data = getattr(getattr(self.trainer, "datamodule", None), "hparams", None) or {}
             write_test_metrics(log_dir, type(self).__name__, self.hparams, data, values)
-
-    def configure_callbacks(self) -> list[Callback]:
-        """The non-finite guard (``nonfinite``: stop or skip) and exact resumption, unless already attached."""
-        have = {type(cb) for cb in getattr(self._trainer, "callbacks", [])}
-        wanted = [NonFiniteGuard(self.hp.nonfinite), checkpointing.ResumeState()]
-        return [cb for cb in wanted if type(cb) not in have]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Stamp the method and backbone (:mod:`textseg.checkpointing`)."""
-        checkpointing.stamp(checkpoint, self)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another method or network with a clear message."""
-        checkpointing.check_fits(checkpoint, self, getattr(self._trainer, "ckpt_path", None))
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Step the optimiser, then average the student's BatchNorm statistics over DDP processes (before any EMA)."""
-        super().optimizer_step(*args, **kwargs)
-        trainer = self._trainer
-        if trainer is not None and trainer.world_size > 1:
-            average_buffers(self.net, partial(trainer.strategy.reduce, reduce_op="mean"))
 
     def configure_optimizers(self) -> Any:
         """AdamW on the student only, cosine annealing per epoch to ``min_lr`` (``methods.md`` §7)."""

@@ -1,0 +1,58 @@
+"""Run plumbing shared by every method, kept out of the task logic of :class:`~textseg.methods.base.TextSegModule`.
+
+:class:`RunHooks` owns what a run needs whatever the method: the non-finite guard and exact resumption callbacks,
+the checkpoint stamps (:mod:`textseg.checkpointing`), the averaging of the student's BatchNorm statistics over DDP
+processes after each optimiser step, and the networks' memory format and compilation.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule
+from torch import nn
+
+from textseg import checkpointing
+from textseg.ema import average_buffers
+from textseg.guards import NonFiniteGuard
+
+
+class RunHooks(LightningModule):
+    """Lightning hooks of a textseg run; expects ``self.hparams`` with ``nonfinite``, ``channels_last``, ``compile``.
+
+    The student network is ``self.net``; a method with a teacher keeps it as ``self.teacher``.
+    """
+
+    net: nn.Module
+
+    def setup(self, stage: str) -> None:
+        """Put the student (and teacher) in ``channels_last`` and compile them in place, as the arguments ask."""
+        nets = [n for n in (getattr(self, "net", None), getattr(self, "teacher", None)) if n is not None]
+        for net in nets:
+            if self.hparams["channels_last"]:
+                net.to(memory_format=torch.channels_last)
+            if self.hparams["compile"]:
+                net.compile()
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The non-finite guard (``nonfinite``: stop or skip) and exact resumption, unless already attached."""
+        have = {type(cb) for cb in getattr(self._trainer, "callbacks", [])}
+        wanted = [NonFiniteGuard(self.hparams["nonfinite"]), checkpointing.ResumeState()]
+        return [cb for cb in wanted if type(cb) not in have]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Stamp the method and backbone (:mod:`textseg.checkpointing`)."""
+        checkpointing.stamp(checkpoint, self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another method or network with a clear message."""
+        checkpointing.check_fits(checkpoint, self, getattr(self._trainer, "ckpt_path", None))
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Step the optimiser, then average the student's BatchNorm statistics over DDP processes (before any EMA)."""
+        super().optimizer_step(*args, **kwargs)
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            average_buffers(self.net, partial(trainer.strategy.reduce, reduce_op="mean"))
