@@ -22,6 +22,7 @@ student), and ``lambda_u`` is 1.0; everything else is the paper's recipe.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -55,6 +56,7 @@ def datamodule(args: argparse.Namespace) -> TextSegDataModule:
         seed=args.seed,
         use_unlabeled=args.ratio < 1,
         synthetic_train=None if args.probe else args.n_train,  # a probed tree may be of any size
+        legacy_clamp=args.legacy_clamp,
     )
 
 
@@ -182,6 +184,8 @@ def main() -> None:
     parser.add_argument("--mix_block", type=int, default=8, help="T-PatchMix block side in pixels (paper: 16 at 224)")
     parser.add_argument("--mix_prob", type=float, default=0.5, help="per-sample probability of a T-PatchMix block")
     parser.add_argument("--text_aug", default="posaug", choices=["posaug", "textstrong", "none"], help="student text")
+    parser.add_argument("--legacy_clamp", action="store_true",
+                        help="strong view as the public code: jitter after the z-score, clamped to [0, 1]")  # fmt: skip
     parser.add_argument("--eval_teacher", action="store_true", help="select and test the EMA teacher (both methods)")
     parser.add_argument("--only", choices=["supervised", "semimedref"], default=None, help="train one method only")
     parser.add_argument("--seed", type=int, default=42, help="labeled subset, initial weights, augmentation streams")
@@ -189,24 +193,37 @@ def main() -> None:
     parser.add_argument("--lesions", choices=["default", "qata"], default="default",
                         help="qata: generate the tree with QaTa-sized lesions (qata_sized_config, ~6 %% of the image; "
                         "default: 2 %%); default root data/synthetic_n<n_train>_qata")  # fmt: skip
+    parser.add_argument(
+        "--no_distractor_prob",
+        type=float,
+        default=0.0,
+        help="share of images generated without a look-alike distractor (default 0: every image has one; "
+        "root data/synthetic_n<N>[_qata]_nd<percent>)",
+    )
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of fit and test (cpu, gpu)")
     parser.add_argument("--text_encoder", default="minilm", help="text encoder spec (default: the packaged MiniLM)")
     parser.add_argument("--log_dir", default="runs/bench")
     parser.add_argument("--out", default="benchmarks/results_semimedref_synthetic.md")
     parser.add_argument("--probe", default=None, help="only run the text probe on this checkpoint (any method)")
     args = parser.parse_args()
-    args.root = args.root or f"data/synthetic_n{args.n_train}{'_qata' if args.lesions == 'qata' else ''}"
-    if args.lesions == "qata" and not Path(args.root).exists():  # the datamodule's defaults, larger lesions
-        make_synthetic(args.root, args.n_train, config=qata_sized_config())
+    config = qata_sized_config() if args.lesions == "qata" else SyntheticConfig()
+    config = dataclasses.replace(config, no_distractor_prob=args.no_distractor_prob)
+    suffix = ("_qata" if args.lesions == "qata" else "") + (
+        f"_nd{round(100 * args.no_distractor_prob)}" if args.no_distractor_prob else ""
+    )
+    args.root = args.root or f"data/synthetic_n{args.n_train}{suffix}"
+    if config != SyntheticConfig() and not Path(args.root).exists():  # the datamodule's defaults, another config
+        make_synthetic(args.root, args.n_train, config=config)
     if args.probe:  # any tree: the distractors are regenerated from its synthetic.json
         probe_checkpoint(args)
         return
     meta_path = Path(args.root) / META_FILE
-    if meta_path.exists():  # a tree of the other lesion size would give mislabeled numbers
-        sigma = json.loads(meta_path.read_text(encoding="utf-8"))["config"]["opacity_sigma"]
-        expected = (qata_sized_config() if args.lesions == "qata" else SyntheticConfig()).opacity_sigma
-        if tuple(sigma) != expected:
-            parser.error(f"{args.root} has opacity_sigma {sigma}, not the {expected} of --lesions {args.lesions}")
+    if meta_path.exists():  # a tree of another lesion size or distractor rate would give mislabeled numbers
+        on_disk = json.loads(meta_path.read_text(encoding="utf-8"))["config"]
+        for name in ("opacity_sigma", "no_distractor_prob"):
+            value, expected = on_disk.get(name, 0.0), getattr(config, name)
+            if (tuple(value) if isinstance(value, list) else value) != expected:
+                parser.error(f"{args.root} has {name} {value}, not the {expected} of these arguments")
     if args.ratio >= 1 and args.only != "supervised":
         parser.error("--ratio 1 leaves no unlabeled pairs for Semi-MedRef: add --only supervised")
 
@@ -233,6 +250,8 @@ def main() -> None:
         f"--lambda_u {args.lambda_u} --burn_in {burn_in} --ema_end {args.ema_end} --itcl_u {args.itcl_u} "
         f"--text_aug {args.text_aug} --mix_block {args.mix_block} --mix_prob {args.mix_prob}"
         f"{' --lesions qata' if args.lesions == 'qata' else ''}"
+        f"{f' --no_distractor_prob {args.no_distractor_prob}' if args.no_distractor_prob else ''}"
+        f"{' --legacy_clamp' if args.legacy_clamp else ''}"
         f"{' --eval_teacher' if args.eval_teacher else ''} --accelerator {args.accelerator} "
         f"--text_encoder {args.text_encoder}` (tiny ConvNeXt).",
         "",

@@ -190,6 +190,28 @@ def test_qata_sized_lesions() -> None:
     assert max(cut_edges) > 0.2  # the same opacities cut hard: a bright box edge
 
 
+def test_no_distractor_prob(tmp_path: Path) -> None:
+    """``no_distractor_prob`` drops the look-alike distractors of that share of images; the lesions stay named."""
+    share = SyntheticConfig(no_distractor_prob=0.5)
+    samples = [generate_sample(0, "train", i, SIZE, share) for i in range(200)]
+    free = [s for s in samples if not s.distractor_regions]
+    assert 70 <= len(free) <= 130  # binomial(200, 0.5): 100 +- 4.2 sd
+    assert all(s.distractor_mask.sum() == 0 and s.mask.sum() > 0 for s in free)
+    assert all(s.distractor_mask.sum() > 0 for s in samples if s.distractor_regions)
+    assert all(generate_sample(0, "train", i, SIZE).distractor_regions for i in range(50))  # default: always one
+    none = SyntheticConfig(no_distractor_prob=1.0)
+    assert not any(generate_sample(0, "train", i, SIZE, none).distractor_regions for i in range(50))
+    with pytest.raises(DataError, match=r"no_distractor_prob=1.5 must be a probability"):
+        make_synthetic(
+            tmp_path / "bad",
+            n_train=2,
+            n_val=1,
+            n_test=1,
+            image_size=SIZE,
+            config=SyntheticConfig(no_distractor_prob=1.5),
+        )
+
+
 def test_old_generator_version_refused(tmp_path: Path) -> None:
     root = make_synthetic(tmp_path / "old", n_train=2, n_val=1, n_test=1, image_size=SIZE)
     meta = json.loads((root / "synthetic.json").read_text())

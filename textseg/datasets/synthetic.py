@@ -109,6 +109,10 @@ class SyntheticConfig:
         offset_range: Range of the global brightness offset.
         lesion_probs: Probabilities of 1, 2 and 3 lesion regions.
         distractor_probs: Probabilities of 1 and 2 distractors.
+        no_distractor_prob: Probability that a sample has no distractor at all (drawn after ``distractor_probs``,
+            and only when > 0, so the default output is unchanged). Real QaTa texts name every infected area, so a
+            QaTa image has no look-alike opacity outside the text; 0 (the default) keeps every sample ambiguous
+            without its text.
         opacity_sigma: Range of the Gaussian width of an opacity component.
         opacity_level: Range of the opacity brightness (grey levels at the peak).
         opacity_aspect_y: Range of the vertical width factor of a component (irregular shapes).
@@ -153,6 +157,7 @@ class SyntheticConfig:
     offset_range: tuple[float, float] = (-20.0, 20.0)
     lesion_probs: tuple[float, float, float] = (0.4, 0.4, 0.2)
     distractor_probs: tuple[float, float] = (0.5, 0.5)
+    no_distractor_prob: float = 0.0
     opacity_sigma: tuple[float, float] = (0.03, 0.05)
     opacity_level: tuple[float, float] = (55.0, 80.0)
     opacity_aspect_y: tuple[float, float] = (0.7, 1.1)
@@ -408,6 +413,8 @@ def generate_sample(
     regions = rng.permutation(NUM_REGIONS)
     lesion_regions = sorted(int(r) for r in regions[:n_lesions])
     n_distractors = int(rng.choice(np.arange(1, 3), p=np.asarray(cfg.distractor_probs)))
+    if cfg.no_distractor_prob > 0 and rng.uniform() < cfg.no_distractor_prob:  # no extra draw at the default 0
+        n_distractors = 0
     distractor_regions = sorted(int(r) for r in regions[n_lesions : n_lesions + n_distractors])
     lesion_field = np.zeros(full, dtype=np.float32)
     distractor_field = np.zeros(full, dtype=np.float32)
@@ -479,6 +486,8 @@ def make_synthetic(
     """
     _check_args(n_train, n_val, n_test, image_size)
     cfg = config or SyntheticConfig()
+    if not 0.0 <= cfg.no_distractor_prob <= 1.0:
+        raise DataError(f"no_distractor_prob={cfg.no_distractor_prob!r} must be a probability in [0, 1]")
     root = Path(root).expanduser()
     meta = _meta(n_train, n_val, n_test, image_size, seed, cfg)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
