@@ -7,11 +7,11 @@ swapped. A model that reads the text must lose Dice when shuffled, because the s
 exactly like the lesions and only the text says which is which.
 
 Usage (CPU, about 25 minutes on 2 cores at the defaults: 800 synthetic pairs, 5 % = 40 labeled, 20 epochs; the two
-methods can run in parallel with ``--only supervised`` / ``--only semimedref``; ``--seed`` fixes the labeled subset,
-the initial weights and the augmentation and mixing streams):
+methods can run in parallel with ``--only supervised`` / ``--only semimedref``, one torch thread each
+(``--threads 1``); ``--seed`` fixes the labeled subset, the initial weights and the augmentation and mixing streams):
 
-    python benchmarks/semimedref_synthetic.py --seed 42 --only semimedref
-    python benchmarks/semimedref_synthetic.py --seed 42 --only supervised
+    python benchmarks/semimedref_synthetic.py --seed 42 --only semimedref --threads 1
+    python benchmarks/semimedref_synthetic.py --seed 42 --only supervised --threads 1
     python benchmarks/semimedref_synthetic.py --probe runs/bench/supervised/version_0/checkpoints/best.ckpt
 
 Benchmark-scale settings (documented in ``benchmarks/README.md``): a 20-epoch run has 1,900 optimizer steps, so the
@@ -201,11 +201,20 @@ def main() -> None:
         "root data/synthetic_n<N>[_qata]_nd<percent>)",
     )
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of fit and test (cpu, gpu)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default, one per core); give 1 to each of several runs sharing the cores: "
+        "oversubscribed OpenMP threads spin and slow every run down many times over",
+    )
     parser.add_argument("--text_encoder", default="minilm", help="text encoder spec (default: the packaged MiniLM)")
     parser.add_argument("--log_dir", default="runs/bench")
     parser.add_argument("--out", default="benchmarks/results_semimedref_synthetic.md")
     parser.add_argument("--probe", default=None, help="only run the text probe on this checkpoint (any method)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     config = qata_sized_config() if args.lesions == "qata" else SyntheticConfig()
     config = dataclasses.replace(config, no_distractor_prob=args.no_distractor_prob)
     suffix = ("_qata" if args.lesions == "qata" else "") + (
@@ -252,7 +261,8 @@ def main() -> None:
         f"{' --lesions qata' if args.lesions == 'qata' else ''}"
         f"{f' --no_distractor_prob {args.no_distractor_prob}' if args.no_distractor_prob else ''}"
         f"{' --legacy_clamp' if args.legacy_clamp else ''}"
-        f"{' --eval_teacher' if args.eval_teacher else ''} --accelerator {args.accelerator} "
+        f"{' --eval_teacher' if args.eval_teacher else ''}{f' --threads {args.threads}' if args.threads else ''} "
+        f"--accelerator {args.accelerator} "
         f"--text_encoder {args.text_encoder}` (tiny ConvNeXt).",
         "",
         "| method | test Dice (pooled) | test IoU | Dice per image | Dice, shuffled texts | left/right swapped "
