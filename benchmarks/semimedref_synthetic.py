@@ -184,6 +184,8 @@ def main() -> None:
     parser.add_argument("--mix_block", type=int, default=8, help="T-PatchMix block side in pixels (paper: 16 at 224)")
     parser.add_argument("--mix_prob", type=float, default=0.5, help="per-sample probability of a T-PatchMix block")
     parser.add_argument("--text_aug", default="posaug", choices=["posaug", "textstrong", "none"], help="student text")
+    parser.add_argument("--posaug_edit_prob", type=float, default=0.5,
+                        help="probability that PosAug edits a position phrase (public code: 0.5)")  # fmt: skip
     parser.add_argument("--legacy_clamp", action="store_true",
                         help="strong view as the public code: jitter after the z-score, clamped to [0, 1]")  # fmt: skip
     parser.add_argument("--eval_teacher", action="store_true", help="select and test the EMA teacher (both methods)")
@@ -240,7 +242,7 @@ def main() -> None:
     semi_kwargs = {"burn_in_epochs": burn_in, "lambda_u_ramp_epochs": burn_in, "ema_ramp_epochs": 2 * burn_in,
                    "lambda_u": args.lambda_u, "ema_end": args.ema_end, "lambda_itcl_unsup": args.itcl_u,
                    "eval_teacher": args.eval_teacher, "text_aug": args.text_aug, "mix_prob": args.mix_prob,
-                   "mix_block": args.mix_block}  # fmt: skip
+                   "posaug_edit_prob": args.posaug_edit_prob, "mix_block": args.mix_block}  # fmt: skip
     kwargs = {"supervised": model_kwargs(args), "semimedref": {**model_kwargs(args), **semi_kwargs}}
     dm = datamodule(args)
     dm.setup("test")
@@ -260,6 +262,7 @@ def main() -> None:
         f"--text_aug {args.text_aug} --mix_block {args.mix_block} --mix_prob {args.mix_prob}"
         f"{' --lesions qata' if args.lesions == 'qata' else ''}"
         f"{f' --no_distractor_prob {args.no_distractor_prob}' if args.no_distractor_prob else ''}"
+        f"{f' --posaug_edit_prob {args.posaug_edit_prob}' if args.posaug_edit_prob != 0.5 else ''}"
         f"{' --legacy_clamp' if args.legacy_clamp else ''}"
         f"{' --eval_teacher' if args.eval_teacher else ''}{f' --threads {args.threads}' if args.threads else ''} "
         f"--accelerator {args.accelerator} "
