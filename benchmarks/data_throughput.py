@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 from monai.data import get_track_meta, set_track_meta
-from report_utils import cpu_string, fmt_bytes, median
+from report_utils import add_threads_argument, cpu_string, fmt_bytes, median, set_threads
 from torch.utils.data import DataLoader
 
 from textseg import TextSegDataModule
@@ -268,7 +268,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=8, help="timed batches per measurement")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians over rounds)")
     p.add_argument("--transform-samples", type=int, default=32, help="samples of the per-transform breakdown")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in the main process")
+    add_threads_argument(p, " in the main process")
     p.add_argument("--check", default="fast", choices=["full", "fast", "off"], help="DataModule input check")
     p.add_argument("--seed", type=int, default=42, help="split and augmentation seed")
     p.add_argument("--target", type=float, default=DEFAULT_TARGET, help="samples/s per worker to reach")
@@ -298,8 +298,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables and write the results files; return the JSON record."""
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = os.getloadavg()
     tmp = None

@@ -1,10 +1,11 @@
-"""Helpers shared by the speed benchmarks' reports (``step_time.py``, ``data_throughput.py``).
+"""Helpers shared by the benchmark scripts: torch threads, the reproducing command line, report formatting.
 
 Imported as a sibling module (the scripts run from the repository root, so ``benchmarks/`` is on ``sys.path``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -12,6 +13,47 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, where: str = "") -> None:
+    """Add ``--threads N`` (``torch.set_num_threads``; default: torch's own, one per core)."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"torch.set_num_threads{where} (default: torch's, one per core); give 1 to each of several runs sharing "
+        "the cores: oversubscribed OpenMP threads spin and slow every run down many times over",
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads`` (``None`` leaves torch's default)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def command_line(
+    script: str,
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    always: Sequence[str] = (),
+    skip: Sequence[str] = (),
+) -> str:
+    """The command that reproduces ``args``: every flag not at its default, and those in ``always`` (parser order).
+
+    ``skip`` leaves out flags that do not change the numbers (output paths).
+    """
+    parts = [f"python benchmarks/{script}"]
+    for dest, value in vars(args).items():
+        if dest in skip or (dest not in always and value == parser.get_default(dest)):
+            continue
+        if isinstance(value, bool):
+            parts += [f"--{dest}"] if value else []
+        elif isinstance(value, list | tuple):
+            parts += [f"--{dest}", *map(str, value)]
+        else:
+            parts += [f"--{dest}", str(value)]
+    return " ".join(parts)
 
 
 def cpu_model() -> str:

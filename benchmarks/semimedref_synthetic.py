@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fit_and_test import fit_and_test
+from report_utils import add_threads_argument, command_line, set_threads
 
 from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule, checkpointing, text
 from textseg.datasets.synthetic import META_FILE, SyntheticConfig, generate_sample, make_synthetic, qata_sized_config
@@ -59,6 +60,11 @@ def datamodule(args: argparse.Namespace) -> TextSegDataModule:
         legacy_clamp=args.legacy_clamp,
     )
 
+
+#: Flags the result's command always names (the setting at a glance), and flags it never names (paths; the tree is
+#: fixed by ``--n_train``, ``--lesions`` and ``--no_distractor_prob``).
+ALWAYS_PRINTED = ("seed", "lr", "ratio", "epochs", "n_train", "lambda_u", "burn_in", "text_aug")
+NOT_PRINTED = ("root", "log_dir", "out", "probe")
 
 #: The two compared methods: ``--only`` key -> (table name, module class).
 METHODS: dict[str, tuple[str, type[SupervisedModule] | type[SemiMedRefModule]]] = {
@@ -184,8 +190,8 @@ def main() -> None:
     parser.add_argument("--mix_block", type=int, default=8, help="T-PatchMix block side in pixels (paper: 16 at 224)")
     parser.add_argument("--mix_prob", type=float, default=0.5, help="per-sample probability of a T-PatchMix block")
     parser.add_argument("--text_aug", default="posaug", choices=["posaug", "textstrong", "none"], help="student text")
-    parser.add_argument("--posaug_edit_prob", type=float, default=0.5,
-                        help="probability that PosAug edits a position phrase (public code: 0.5)")  # fmt: skip
+    parser.add_argument("--posaug_edit_prob", type=float, default=None,
+                        help="probability that PosAug edits a phrase (default: the module's, 0.5)")  # fmt: skip
     parser.add_argument("--legacy_clamp", action="store_true",
                         help="strong view as the public code: jitter after the z-score, clamped to [0, 1]")  # fmt: skip
     parser.add_argument("--eval_teacher", action="store_true", help="select and test the EMA teacher (both methods)")
@@ -203,20 +209,13 @@ def main() -> None:
         "root data/synthetic_n<N>[_qata]_nd<percent>)",
     )
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of fit and test (cpu, gpu)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (0: torch's default, one per core); give 1 to each of several runs sharing the cores: "
-        "oversubscribed OpenMP threads spin and slow every run down many times over",
-    )
+    add_threads_argument(parser)
     parser.add_argument("--text_encoder", default="minilm", help="text encoder spec (default: the packaged MiniLM)")
     parser.add_argument("--log_dir", default="runs/bench")
     parser.add_argument("--out", default="benchmarks/results_semimedref_synthetic.md")
     parser.add_argument("--probe", default=None, help="only run the text probe on this checkpoint (any method)")
     args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     config = qata_sized_config() if args.lesions == "qata" else SyntheticConfig()
     config = dataclasses.replace(config, no_distractor_prob=args.no_distractor_prob)
     suffix = ("_qata" if args.lesions == "qata" else "") + (
@@ -242,7 +241,9 @@ def main() -> None:
     semi_kwargs = {"burn_in_epochs": burn_in, "lambda_u_ramp_epochs": burn_in, "ema_ramp_epochs": 2 * burn_in,
                    "lambda_u": args.lambda_u, "ema_end": args.ema_end, "lambda_itcl_unsup": args.itcl_u,
                    "eval_teacher": args.eval_teacher, "text_aug": args.text_aug, "mix_prob": args.mix_prob,
-                   "posaug_edit_prob": args.posaug_edit_prob, "mix_block": args.mix_block}  # fmt: skip
+                   "mix_block": args.mix_block}  # fmt: skip
+    if args.posaug_edit_prob is not None:
+        semi_kwargs["posaug_edit_prob"] = args.posaug_edit_prob
     kwargs = {"supervised": model_kwargs(args), "semimedref": {**model_kwargs(args), **semi_kwargs}}
     dm = datamodule(args)
     dm.setup("test")
@@ -252,21 +253,12 @@ def main() -> None:
             best, metrics = train(key, kwargs[key], dm, args)
             results[key] = [metrics, text_probe_dice(best, dm)]
     rows = [(METHODS[key][0], m, s) for key, (m, s) in results.items()]
+    args.burn_in = burn_in  # the resolved value, in the command
+    command = command_line("semimedref_synthetic.py", parser, args, always=ALWAYS_PRINTED, skip=NOT_PRINTED)
     lines = [
         f"# Semi-MedRef vs supervised, synthetic referring data, {args.ratio:.0%} labels",
         "",
-        f"Command: `python benchmarks/semimedref_synthetic.py --seed {args.seed} --lr {args.lr} --ratio {args.ratio} "
-        f"--epochs {args.epochs} "
-        f"--n_train {args.n_train} --image_size {args.image_size} --backbone {args.backbone} "
-        f"--lambda_u {args.lambda_u} --burn_in {burn_in} --ema_end {args.ema_end} --itcl_u {args.itcl_u} "
-        f"--text_aug {args.text_aug} --mix_block {args.mix_block} --mix_prob {args.mix_prob}"
-        f"{' --lesions qata' if args.lesions == 'qata' else ''}"
-        f"{f' --no_distractor_prob {args.no_distractor_prob}' if args.no_distractor_prob else ''}"
-        f"{f' --posaug_edit_prob {args.posaug_edit_prob}' if args.posaug_edit_prob != 0.5 else ''}"
-        f"{' --legacy_clamp' if args.legacy_clamp else ''}"
-        f"{' --eval_teacher' if args.eval_teacher else ''}{f' --threads {args.threads}' if args.threads else ''} "
-        f"--accelerator {args.accelerator} "
-        f"--text_encoder {args.text_encoder}` (tiny ConvNeXt).",
+        f"Command: `{command}` (tiny ConvNeXt).",
         "",
         "| method | test Dice (pooled) | test IoU | Dice per image | Dice, shuffled texts | left/right swapped "
         "| upper/lower swapped | missed lesion px | FP on distractors | FP elsewhere | train time (s) |",

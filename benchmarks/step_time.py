@@ -58,7 +58,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from report_utils import cpu_string, fmt_bytes, median
+from report_utils import add_threads_argument, cpu_string, fmt_bytes, median, set_threads
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -728,7 +728,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="discarded rounds before timing")
     p.add_argument("--breakdown-steps", type=int, default=2, help="instrumented rounds for the per-part breakdown")
     p.add_argument("--pool", type=int, default=4, help="distinct batches cycled through (per method family)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
+    add_threads_argument(p)
     p.add_argument("--vision-encoder", default="convnext-tiny", help="ConvNeXt spec (random full-size ConvNeXt-T)")
     p.add_argument("--text-encoder", default="bert-base", help="text encoder spec (random BERT-base, no download)")
     p.add_argument("--project-dim", type=int, default=768, help="ITCL projection width (Semi-MedRef: 768)")
@@ -774,8 +774,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")  # no Trainer attached: logging is a no-op
     device = torch.device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.set_float32_matmul_precision(args.matmul_precision)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     torch.manual_seed(args.seed)

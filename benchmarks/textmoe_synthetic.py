@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fit_and_test import fit_and_test
+from report_utils import add_threads_argument, command_line, set_threads
 
 from textseg import TextMoEModule, TextSegDataModule
 
@@ -77,16 +78,18 @@ def main() -> None:
     parser.add_argument("--root", default="data/synthetic_composite")
     parser.add_argument("--log_dir", default="runs/bench_textmoe")
     parser.add_argument("--out", default="benchmarks/results_textmoe_synthetic.md")
+    add_threads_argument(parser)
     args = parser.parse_args()
+    set_threads(args.threads)
 
     composite = train("composite", ["synthetic", "synthetic_ct"], args)
     alone = {d: train(f"{d}_only", [d], args) for d in ("synthetic", "synthetic_ct")}
+    shown = ("ratio", "epochs", "pretrain_epochs", "n_train", "image_size", "seed")
+    command = command_line("textmoe_synthetic.py", parser, args, always=shown, skip=("root", "log_dir", "out"))
     lines = [
         f"# TextMoE: composite vs single-modality training, synthetic data, {args.ratio:.0%} labels per dataset",
         "",
-        f"Command: `python benchmarks/textmoe_synthetic.py --ratio {args.ratio} --epochs {args.epochs} "
-        f"--pretrain_epochs {args.pretrain_epochs} "
-        f"--n_train {args.n_train} --image_size {args.image_size}` (CPU, tiny ConvNeXt, packaged MiniLM text "
+        f"Command: `{command}` (CPU, tiny ConvNeXt, packaged MiniLM text "
         "encoder; the same network, hyper-parameters, labeled images, seed and epochs in every run).",
         "",
         "| test set | metric | composite (X-ray + CT) | same modality alone | difference |",
