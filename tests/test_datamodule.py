@@ -173,6 +173,18 @@ def test_strong_view_is_a_blur_of_the_zoomed_weak_view(qata_root: Path) -> None:
         assert corr(strong[i], weak[i]) > 0.5 > abs(corr(strong[i], weak[(i + 1) % 4]))
 
 
+def test_strong_blur_sigma_sets_the_blur(qata_root: Path) -> None:
+    """``strong_blur_sigma`` is the blur's range: a one-point range gives exactly that Gaussian, no other."""
+    dm = make_dm(qata_root, zoom_prob=0.0, strong_jitter_prob=0.0, strong_blur_prob=1.0, strong_blur_sigma=(1.5, 1.5))
+    unl = first_train_batch(dm)["unlabeled"]
+    for weak, strong in zip(unl["image"], unl["image_strong"], strict=True):
+        assert corr(strong, gaussian_blur(weak, 1.5)) > 0.99999
+        assert corr(strong, gaussian_blur(weak, 0.5)) < 0.999  # a different sigma is told apart
+    for bad in ((0.0, 1.0), (2.0, 1.0), (1.0,)):
+        with pytest.raises(DataError, match=r"strong_blur_sigma must be a range 0 < low <= high"):
+            make_dm(qata_root, strong_blur_sigma=bad)
+
+
 def test_legacy_clamp_strong_view_is_clipped(qata_root: Path) -> None:
     """``legacy_clamp`` jitters after the z-score, so the strong view lies in [0, 1] (the public-code clamp)."""
     dm = make_dm(qata_root, zoom_prob=0.0, legacy_clamp=True, strong_jitter_prob=1.0, strong_blur_prob=0.0)

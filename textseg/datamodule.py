@@ -71,6 +71,8 @@ class TextSegDataModule(LightningDataModule):
         strong_contrast: Contrast jitter of the strong view.
         strong_jitter_prob: Probability of the strong view's jitter.
         strong_blur_prob: Probability of the strong view's Gaussian blur.
+        strong_blur_sigma: Range of the blur's sigma in pixels at ``image_size`` (paper: 0.1-2.0 at 224; a run at
+            a smaller size keeps the same blur relative to the image with the range scaled by ``image_size / 224``).
         legacy_clamp: Apply the strong jitter after the z-score (clamping to [0, 1]) as the public code does.
         bare_side: MosMed positional-label convention for a bare "X lung" (``data.md`` §4.3).
         check: Input validation before training: ``"full"`` reads every mask, ``"fast"`` checks files and
@@ -104,6 +106,7 @@ class TextSegDataModule(LightningDataModule):
         strong_contrast: float = 0.2,
         strong_jitter_prob: float = 0.8,
         strong_blur_prob: float = 0.5,
+        strong_blur_sigma: tuple[float, float] = (0.1, 2.0),
         legacy_clamp: bool = False,
         bare_side: Literal["all", "none"] = "all",
         check: Literal["full", "fast", "off"] = "full",
@@ -118,6 +121,8 @@ class TextSegDataModule(LightningDataModule):
         super().__init__()
         if not 0 < labeled_ratio <= 1:
             raise DataError(f"labeled_ratio must be in (0, 1], got {labeled_ratio}")
+        if len(strong_blur_sigma) != 2 or not 0 < strong_blur_sigma[0] <= strong_blur_sigma[1]:
+            raise DataError(f"strong_blur_sigma must be a range 0 < low <= high, got {list(strong_blur_sigma)}")
         if image_size % 32 != 0:
             raise DataError(f"image_size must be a multiple of 32, got {image_size}")
         names: list[str] = [dataset] if isinstance(dataset, str) else [str(d) for d in dataset]
@@ -283,6 +288,7 @@ class TextSegDataModule(LightningDataModule):
             "contrast": hp.strong_contrast,
             "jitter_prob": hp.strong_jitter_prob,
             "blur_prob": hp.strong_blur_prob,
+            "blur_sigma": tuple(hp.strong_blur_sigma),
         }
         transform = build_transform(
             kind, hp.image_size, hp.zoom_prob, (hp.zoom_min, hp.zoom_max), strong, hp.legacy_clamp
