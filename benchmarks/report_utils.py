@@ -10,6 +10,7 @@ import os
 import platform
 import statistics
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -54,6 +55,28 @@ def command_line(
         else:
             parts += [f"--{dest}", str(value)]
     return " ".join(parts)
+
+
+#: Packages whose versions can change the quality numbers. A seeded run is bit-reproducible only within one
+#: environment: the seed-42 Semi-MedRef command gave 0.555 in session 4 and 0.596 in session 10 with the same code
+#: (textseg at 61680c8 re-run in session 10 gave 0.596 too), other package versions and another CPU.
+RESULT_PACKAGES = ("torch", "lightning", "monai", "transformers", "tokenizers", "torchmetrics", "numpy", "pillow")
+
+
+def package_versions(names: Sequence[str] = RESULT_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (``"absent"`` for a missing one) and the CPU, to record beside every result."""
+    found = {"cpu": f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def versions_line(versions: dict[str, str]) -> str:
+    """``versions`` as one Markdown line (``torch 2.13.0+cpu, lightning 2.6.6, ...``)."""
+    return "Environment: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."
 
 
 def cpu_model() -> str:

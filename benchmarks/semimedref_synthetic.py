@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fit_and_test import fit_and_test
-from report_utils import add_threads_argument, command_line, set_threads
+from report_utils import add_threads_argument, command_line, package_versions, set_threads, versions_line
 
 from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule, checkpointing, text
 from textseg.datasets.synthetic import META_FILE, SyntheticConfig, generate_sample, make_synthetic, qata_sized_config
@@ -58,6 +58,7 @@ def datamodule(args: argparse.Namespace) -> TextSegDataModule:
         use_unlabeled=args.ratio < 1,
         synthetic_train=None if args.probe else args.n_train,  # a probed tree may be of any size
         legacy_clamp=args.legacy_clamp,
+        strong_blur_sigma=tuple(args.blur_sigma),
     )
 
 
@@ -194,6 +195,9 @@ def main() -> None:
                         help="probability that PosAug edits a phrase (default: the module's, 0.5)")  # fmt: skip
     parser.add_argument("--legacy_clamp", action="store_true",
                         help="strong view as the public code: jitter after the z-score, clamped to [0, 1]")  # fmt: skip
+    parser.add_argument("--blur_sigma", type=float, nargs=2, default=[0.1, 2.0], metavar=("LOW", "HIGH"),
+                        help="sigma range of the strong view's blur in pixels at --image_size (paper: 0.1 2.0 at "
+                        "224 px; the same blur relative to a 64 px image is 0.03 0.57)")  # fmt: skip
     parser.add_argument("--eval_teacher", action="store_true", help="select and test the EMA teacher (both methods)")
     parser.add_argument("--only", choices=["supervised", "semimedref"], default=None, help="train one method only")
     parser.add_argument("--seed", type=int, default=42, help="labeled subset, initial weights, augmentation streams")
@@ -255,10 +259,13 @@ def main() -> None:
     rows = [(METHODS[key][0], m, s) for key, (m, s) in results.items()]
     args.burn_in = burn_in  # the resolved value, in the command
     command = command_line("semimedref_synthetic.py", parser, args, always=ALWAYS_PRINTED, skip=NOT_PRINTED)
+    versions = package_versions()
     lines = [
         f"# Semi-MedRef vs supervised, synthetic referring data, {args.ratio:.0%} labels",
         "",
         f"Command: `{command}` (tiny ConvNeXt).",
+        "",
+        versions_line(versions),
         "",
         "| method | test Dice (pooled) | test IoU | Dice per image | Dice, shuffled texts | left/right swapped "
         "| upper/lower swapped | missed lesion px | FP on distractors | FP elsewhere | train time (s) |",
@@ -273,7 +280,8 @@ def main() -> None:
         )
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps({"args": vars(args), **results}, indent=1))
+    record = {"args": vars(args), "versions": versions, **results}
+    Path(args.out).with_suffix(".json").write_text(json.dumps(record, indent=1))
     print(text)
 
 
