@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 from monai.data import get_track_meta, set_track_meta
-from report_utils import add_threads_argument, cpu_string, fmt_bytes, median, set_threads
+from report_utils import add_threads_argument, cpu_string, environment, fmt_bytes, median, set_threads
 from torch.utils.data import DataLoader
 
 from textseg import TextSegDataModule
@@ -450,8 +450,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     record = {
         "command": command,
         "device": dev,
-        "torch": torch.__version__,
-        "monai": version("monai"),
+        "environment": environment(),
         "threads": threads,
         "date_utc": started.isoformat(timespec="seconds"),
         "loadavg_before_after": [load_before, load_after],

@@ -10,10 +10,12 @@ import os
 import platform
 import statistics
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from textseg.callbacks import git_info, library_versions
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, where: str = "") -> None:
@@ -57,26 +59,22 @@ def command_line(
     return " ".join(parts)
 
 
-#: Packages whose versions can change the quality numbers. A seeded run is bit-reproducible only within one
-#: environment: the seed-42 Semi-MedRef command gave 0.555 in session 4 and 0.596 in session 10 with the same code
-#: (textseg at 61680c8 re-run in session 10 gave 0.596 too), other package versions and another CPU.
-RESULT_PACKAGES = ("torch", "lightning", "monai", "transformers", "tokenizers", "torchmetrics", "numpy", "pillow")
+def environment() -> dict[str, Any]:
+    """What a seeded result depends on beyond its command: the run card's library versions, the CPU and the commit.
+
+    A seeded run is bit-reproducible only within one environment (session 10: the same code gave 0.555 and 0.596
+    Dice for one seed in two environments).
+    """
+    cpu = f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
+    return {**library_versions(), "cpu": cpu, "git": git_info(Path(__file__))}
 
 
-def package_versions(names: Sequence[str] = RESULT_PACKAGES) -> dict[str, str]:
-    """Installed versions of ``names`` (``"absent"`` for a missing one) and the CPU, to record beside every result."""
-    found = {"cpu": f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "absent"
-    return found
-
-
-def versions_line(versions: dict[str, str]) -> str:
-    """``versions`` as one Markdown line (``torch 2.13.0+cpu, lightning 2.6.6, ...``)."""
-    return "Environment: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."
+def environment_line(env: dict[str, Any]) -> str:
+    """``env`` (:func:`environment`) as one Markdown line."""
+    git = env.get("git") or {}
+    commit = f"{git['commit'][:7]}{' (dirty)' if git.get('dirty') else ''}" if git else "unknown"
+    items = [f"{k} {v}" for k, v in env.items() if k != "git"]
+    return "Environment: " + ", ".join([*items, f"textseg commit {commit}"]) + "."
 
 
 def cpu_model() -> str:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fit_and_test import fit_and_test
-from report_utils import add_threads_argument, command_line, package_versions, set_threads, versions_line
+from report_utils import add_threads_argument, command_line, environment, environment_line, set_threads
 
 from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule, checkpointing, text
 from textseg.datasets.synthetic import META_FILE, SyntheticConfig, generate_sample, make_synthetic, qata_sized_config
@@ -259,13 +259,13 @@ def main() -> None:
     rows = [(METHODS[key][0], m, s) for key, (m, s) in results.items()]
     args.burn_in = burn_in  # the resolved value, in the command
     command = command_line("semimedref_synthetic.py", parser, args, always=ALWAYS_PRINTED, skip=NOT_PRINTED)
-    versions = package_versions()
+    env = environment()
     lines = [
         f"# Semi-MedRef vs supervised, synthetic referring data, {args.ratio:.0%} labels",
         "",
         f"Command: `{command}` (tiny ConvNeXt).",
         "",
-        versions_line(versions),
+        environment_line(env),
         "",
         "| method | test Dice (pooled) | test IoU | Dice per image | Dice, shuffled texts | left/right swapped "
         "| upper/lower swapped | missed lesion px | FP on distractors | FP elsewhere | train time (s) |",
@@ -280,7 +280,7 @@ def main() -> None:
         )
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
-    record = {"args": vars(args), "versions": versions, **results}
+    record = {"args": vars(args), "environment": env, **results}
     Path(args.out).with_suffix(".json").write_text(json.dumps(record, indent=1))
     print(text)
 

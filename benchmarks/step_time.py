@@ -58,7 +58,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from report_utils import add_threads_argument, cpu_string, fmt_bytes, median, set_threads
+from report_utils import add_threads_argument, cpu_string, environment, fmt_bytes, median, set_threads
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -905,7 +905,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     record = {
         "command": command,
         "device": dev,
-        "torch": torch.__version__,
+        "environment": environment(),
         "threads": torch.get_num_threads(),
         "date_utc": started.isoformat(timespec="seconds"),
         "loadavg_before_after": [load_before, load_after],

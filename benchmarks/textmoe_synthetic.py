@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fit_and_test import fit_and_test
-from report_utils import add_threads_argument, command_line, package_versions, set_threads, versions_line
+from report_utils import add_threads_argument, command_line, environment, environment_line, set_threads
 
 from textseg import TextMoEModule, TextSegDataModule
 
@@ -86,14 +86,14 @@ def main() -> None:
     alone = {d: train(f"{d}_only", [d], args) for d in ("synthetic", "synthetic_ct")}
     shown = ("ratio", "epochs", "pretrain_epochs", "n_train", "image_size", "seed")
     command = command_line("textmoe_synthetic.py", parser, args, always=shown, skip=("root", "log_dir", "out"))
-    versions = package_versions()
+    env = environment()
     lines = [
         f"# TextMoE: composite vs single-modality training, synthetic data, {args.ratio:.0%} labels per dataset",
         "",
         f"Command: `{command}` (CPU, tiny ConvNeXt, packaged MiniLM text "
         "encoder; the same network, hyper-parameters, labeled images, seed and epochs in every run).",
         "",
-        versions_line(versions),
+        environment_line(env),
         "",
         "| test set | metric | composite (X-ray + CT) | same modality alone | difference |",
         "|---|---|---|---|---|",
@@ -107,7 +107,7 @@ def main() -> None:
               f"composite {seconds[0]:.0f}, X-ray only {seconds[1]:.0f}, CT only {seconds[2]:.0f}."]  # fmt: skip
     text = "\n".join(lines) + "\n"
     Path(args.out).write_text(text)
-    record = {"args": vars(args), "versions": versions, "composite": composite, "alone": alone}
+    record = {"args": vars(args), "environment": env, "composite": composite, "alone": alone}
     Path(args.out).with_suffix(".json").write_text(json.dumps(record, indent=1))
     print(text)
 

@@ -87,8 +87,11 @@ DEFAULT_PROJECT = "textseg"
 MAX_GROUP_LENGTH = 128
 #: Longest W&B tag (a W&B limit).
 MAX_TAG_LENGTH = 64
-#: Libraries whose versions go into the run card.
-CARD_LIBRARIES: tuple[str, ...] = ("torch", "lightning", "monai", "transformers", "torchmetrics")
+#: Libraries whose versions go into the run card (and the benchmarks' result files): a seeded run reproduces
+#: only with the same versions (tokenizers and numpy included) on the same CPU.
+CARD_LIBRARIES: tuple[str, ...] = (
+    "torch", "lightning", "monai", "transformers", "tokenizers", "torchmetrics", "numpy", "pillow"
+)  # fmt: skip
 #: Host of the W&B API in ``~/.netrc`` (``wandb login`` writes the key there).
 WANDB_API_HOST = "api.wandb.ai"
 #: Seconds allowed to each ``git`` call of the run card.
