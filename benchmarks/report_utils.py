@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from textseg.callbacks import git_info, library_versions
+from textseg.callbacks import CARD_LIBRARIES, git_info, library_versions
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, where: str = "") -> None:
@@ -59,6 +59,10 @@ def command_line(
     return " ".join(parts)
 
 
+#: The run card's libraries plus the ones a seeded benchmark number also depends on.
+RESULT_LIBRARIES = (*CARD_LIBRARIES, "tokenizers", "numpy", "pillow")
+
+
 def environment() -> dict[str, Any]:
     """What a seeded result depends on beyond its command: the run card's library versions, the CPU and the commit.
 
@@ -66,7 +70,7 @@ def environment() -> dict[str, Any]:
     Dice for one seed in two environments).
     """
     cpu = f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
-    return {**library_versions(), "cpu": cpu, "git": git_info(Path(__file__))}
+    return {**library_versions(RESULT_LIBRARIES), "cpu": cpu, "git": git_info(Path(__file__))}
 
 
 def environment_line(env: dict[str, Any]) -> str:

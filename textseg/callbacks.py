@@ -87,11 +87,8 @@ DEFAULT_PROJECT = "textseg"
 MAX_GROUP_LENGTH = 128
 #: Longest W&B tag (a W&B limit).
 MAX_TAG_LENGTH = 64
-#: Libraries whose versions go into the run card (and the benchmarks' result files): a seeded run reproduces
-#: only with the same versions (tokenizers and numpy included) on the same CPU.
-CARD_LIBRARIES: tuple[str, ...] = (
-    "torch", "lightning", "monai", "transformers", "tokenizers", "torchmetrics", "numpy", "pillow"
-)  # fmt: skip
+#: Libraries whose versions go into the run card.
+CARD_LIBRARIES: tuple[str, ...] = ("torch", "lightning", "monai", "transformers", "torchmetrics")
 #: Host of the W&B API in ``~/.netrc`` (``wandb login`` writes the key there).
 WANDB_API_HOST = "api.wandb.ai"
 #: Seconds allowed to each ``git`` call of the run card.
@@ -880,12 +877,12 @@ METRIC_DEFINITIONS: dict[str, str] = {
 }
 
 
-def library_versions() -> dict[str, str | None]:
-    """Versions of Python, the main libraries and textseg (``None`` for a library that is not installed)."""
+def library_versions(libraries: Sequence[str] = CARD_LIBRARIES) -> dict[str, str | None]:
+    """Versions of Python, ``libraries`` and textseg (``None`` for a library that is not installed)."""
     import textseg
 
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in CARD_LIBRARIES:
+    for name in libraries:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
