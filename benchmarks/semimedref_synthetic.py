@@ -63,7 +63,7 @@ def datamodule(args: argparse.Namespace) -> TextSegDataModule:
 
 
 #: Flags the result's command always names (the setting at a glance), and flags it never names (paths; the tree is
-#: fixed by ``--n_train``, ``--lesions`` and ``--no_distractor_prob``).
+#: fixed by ``--n_train``, ``--lesions``, ``--no_distractor_prob`` and ``--distractor_level``).
 ALWAYS_PRINTED = ("seed", "lr", "ratio", "epochs", "n_train", "lambda_u", "burn_in", "text_aug")
 NOT_PRINTED = ("root", "log_dir", "out", "probe")
 
@@ -212,6 +212,15 @@ def main() -> None:
         help="share of images generated without a look-alike distractor (default 0: every image has one; "
         "root data/synthetic_n<N>[_qata]_nd<percent>)",
     )
+    parser.add_argument(
+        "--distractor_level",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="brightness range of the distractors (default: the lesions' 55 80, look-alikes); a lower, overlapping "
+        "range makes them partly distinguishable in the image (root data/synthetic_n<N>[...]_dl<LOW>-<HIGH>)",
+    )
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of fit and test (cpu, gpu)")
     add_threads_argument(parser)
     parser.add_argument("--text_encoder", default="minilm", help="text encoder spec (default: the packaged MiniLM)")
@@ -221,9 +230,12 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     config = qata_sized_config() if args.lesions == "qata" else SyntheticConfig()
-    config = dataclasses.replace(config, no_distractor_prob=args.no_distractor_prob)
-    suffix = ("_qata" if args.lesions == "qata" else "") + (
-        f"_nd{round(100 * args.no_distractor_prob)}" if args.no_distractor_prob else ""
+    distractor_level = tuple(args.distractor_level) if args.distractor_level else None
+    config = dataclasses.replace(config, no_distractor_prob=args.no_distractor_prob, distractor_level=distractor_level)
+    suffix = (
+        ("_qata" if args.lesions == "qata" else "")
+        + (f"_nd{round(100 * args.no_distractor_prob)}" if args.no_distractor_prob else "")
+        + ("_dl{:g}-{:g}".format(*distractor_level) if distractor_level else "")
     )
     args.root = args.root or f"data/synthetic_n{args.n_train}{suffix}"
     if config != SyntheticConfig() and not Path(args.root).exists():  # the datamodule's defaults, another config
@@ -234,8 +246,8 @@ def main() -> None:
     meta_path = Path(args.root) / META_FILE
     if meta_path.exists():  # a tree of another lesion size or distractor rate would give mislabeled numbers
         on_disk = json.loads(meta_path.read_text(encoding="utf-8"))["config"]
-        for name in ("opacity_sigma", "no_distractor_prob"):
-            value, expected = on_disk.get(name, 0.0), getattr(config, name)
+        for name, absent in (("opacity_sigma", None), ("no_distractor_prob", 0.0), ("distractor_level", None)):
+            value, expected = on_disk.get(name, absent), getattr(config, name)
             if (tuple(value) if isinstance(value, list) else value) != expected:
                 parser.error(f"{args.root} has {name} {value}, not the {expected} of these arguments")
     if args.ratio >= 1 and args.only != "supervised":

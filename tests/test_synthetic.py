@@ -212,6 +212,22 @@ def test_no_distractor_prob(tmp_path: Path) -> None:
         )
 
 
+def test_distractor_level(tmp_path: Path) -> None:
+    """``distractor_level`` dims only the distractors (same draws: same masks, regions and texts as the default)."""
+    dim = SyntheticConfig(distractor_level=(45.0, 70.0))  # the lesions' range minus 10 grey levels
+    for i in range(20):
+        base, new = generate_sample(0, "train", i, SIZE), generate_sample(0, "train", i, SIZE, dim)
+        assert np.array_equal(base.mask, new.mask) and np.array_equal(base.distractor_mask, new.distractor_mask)
+        assert base.caption == new.caption and base.distractor_regions == new.distractor_regions
+        diff = new.image.astype(int) - base.image.astype(int)
+        assert diff.max() <= 1 and (diff[base.mask == 1] == 0).all()  # lesions untouched (up to rounding)
+        # in the mask the profile is >= 0.5 and the gain >= 0.8: at least 4 grey levels darker, at most 10 * 1.15
+        assert -12 <= diff[base.distractor_mask == 1].mean() <= -3
+    with pytest.raises(DataError, match=r"distractor_level=\(70.0, 45.0\) must be a \(low, high\) range"):
+        make_synthetic(tmp_path / "bad", n_train=2, n_val=1, n_test=1, image_size=SIZE,
+                       config=SyntheticConfig(distractor_level=(70.0, 45.0)))  # fmt: skip
+
+
 def test_old_generator_version_refused(tmp_path: Path) -> None:
     root = make_synthetic(tmp_path / "old", n_train=2, n_val=1, n_test=1, image_size=SIZE)
     meta = json.loads((root / "synthetic.json").read_text())

@@ -115,6 +115,10 @@ class SyntheticConfig:
             without its text.
         opacity_sigma: Range of the Gaussian width of an opacity component.
         opacity_level: Range of the opacity brightness (grey levels at the peak).
+        distractor_level: Range of the distractors' brightness; ``None`` (the default) draws them from
+            ``opacity_level``, so they look exactly like the lesions and only the text tells them apart. A range
+            that overlaps ``opacity_level`` but sits lower makes them partly distinguishable in the image, as the
+            non-infectious opacities of a real radiograph are (the same random draws either way).
         opacity_aspect_y: Range of the vertical width factor of a component (irregular shapes).
         opacity_aspect_x: Range of the horizontal width factor (opacities may spread along the lung width).
         opacity_components: Range (inclusive) of Gaussian components per opacity (irregular outline).
@@ -160,6 +164,7 @@ class SyntheticConfig:
     no_distractor_prob: float = 0.0
     opacity_sigma: tuple[float, float] = (0.03, 0.05)
     opacity_level: tuple[float, float] = (55.0, 80.0)
+    distractor_level: tuple[float, float] | None = None
     opacity_aspect_y: tuple[float, float] = (0.7, 1.1)
     opacity_aspect_x: tuple[float, float] = (0.8, 1.8)
     opacity_components: tuple[int, int] = (1, 3)
@@ -420,9 +425,10 @@ def generate_sample(
     distractor_field = np.zeros(full, dtype=np.float32)
     for region in lesion_regions + distractor_regions:
         profile = _opacity(rng, boxes[region], lung, size, cfg)
-        level = rng.uniform(*cfg.opacity_level)
+        is_lesion = region in lesion_regions
+        level = rng.uniform(*(cfg.opacity_level if is_lesion or cfg.distractor_level is None else cfg.distractor_level))
         image += level * profile
-        target = lesion_field if region in lesion_regions else distractor_field
+        target = lesion_field if is_lesion else distractor_field
         np.maximum(target, profile, out=target)
 
     image += cfg.fine_noise_level * rng.standard_normal(image.shape, dtype=np.float32)
@@ -488,6 +494,9 @@ def make_synthetic(
     cfg = config or SyntheticConfig()
     if not 0.0 <= cfg.no_distractor_prob <= 1.0:
         raise DataError(f"no_distractor_prob={cfg.no_distractor_prob!r} must be a probability in [0, 1]")
+    level = cfg.distractor_level
+    if level is not None and not (len(level) == 2 and 0 <= level[0] <= level[1]):
+        raise DataError(f"distractor_level={level!r} must be a (low, high) range of grey levels with 0 <= low <= high")
     root = Path(root).expanduser()
     meta = _meta(n_train, n_val, n_test, image_size, seed, cfg)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
