@@ -99,6 +99,16 @@ TEXT_PROBES: dict[str, Callable[[list[str]], list[str]]] = {
 }
 
 
+def tree_config(root: str | Path) -> tuple[dict[str, Any], SyntheticConfig]:
+    """The generator arguments stored in a synthetic tree (``synthetic.json``) and its :class:`SyntheticConfig`.
+
+    A key the tree lacks (it predates that option) takes the option's default, which is what the tree was made with.
+    """
+    meta = json.loads((Path(root) / META_FILE).read_text(encoding="utf-8"))
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+    return meta, SyntheticConfig(**fields)
+
+
 def distractor_masks(root: str | Path) -> Callable[[Sequence[str], int], torch.Tensor]:
     """A function ``(ids, size) -> [B, 1, size, size]`` bool: the distractor opacities of synthetic test images.
 
@@ -106,9 +116,7 @@ def distractor_masks(root: str | Path) -> Callable[[Sequence[str], int], torch.T
     read once here); an image's file number counts over train + val + test. Area-resized and thresholded at 0.5 (the
     masks are resized nearest; the two rules differ only at opacity borders).
     """
-    meta = json.loads((Path(root) / META_FILE).read_text(encoding="utf-8"))
-    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
-    cfg = SyntheticConfig(**fields)
+    meta, cfg = tree_config(root)
     offset = meta["n_train"] + meta["n_val"]
 
     def masks(ids: Sequence[str], size: int) -> torch.Tensor:
@@ -243,13 +251,11 @@ def main() -> None:
     if args.probe:  # any tree: the distractors are regenerated from its synthetic.json
         probe_checkpoint(args)
         return
-    meta_path = Path(args.root) / META_FILE
-    if meta_path.exists():  # a tree of another lesion size or distractor rate would give mislabeled numbers
-        on_disk = json.loads(meta_path.read_text(encoding="utf-8"))["config"]
-        for name, absent in (("opacity_sigma", None), ("no_distractor_prob", 0.0), ("distractor_level", None)):
-            value, expected = on_disk.get(name, absent), getattr(config, name)
-            if (tuple(value) if isinstance(value, list) else value) != expected:
-                parser.error(f"{args.root} has {name} {value}, not the {expected} of these arguments")
+    if (Path(args.root) / META_FILE).exists():  # a tree made with another config would give mislabeled numbers
+        on_disk = dataclasses.asdict(tree_config(args.root)[1])
+        for name, value in dataclasses.asdict(config).items():
+            if on_disk[name] != value:
+                parser.error(f"{args.root} has {name} {on_disk[name]}, not the {value} of these arguments")
     if args.ratio >= 1 and args.only != "supervised":
         parser.error("--ratio 1 leaves no unlabeled pairs for Semi-MedRef: add --only supervised")
 

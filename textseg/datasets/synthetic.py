@@ -423,11 +423,11 @@ def generate_sample(
     distractor_regions = sorted(int(r) for r in regions[n_lesions : n_lesions + n_distractors])
     lesion_field = np.zeros(full, dtype=np.float32)
     distractor_field = np.zeros(full, dtype=np.float32)
+    distractor_level = cfg.distractor_level or cfg.opacity_level
     for region in lesion_regions + distractor_regions:
         profile = _opacity(rng, boxes[region], lung, size, cfg)
         is_lesion = region in lesion_regions
-        level = rng.uniform(*(cfg.opacity_level if is_lesion or cfg.distractor_level is None else cfg.distractor_level))
-        image += level * profile
+        image += rng.uniform(*(cfg.opacity_level if is_lesion else distractor_level)) * profile
         target = lesion_field if is_lesion else distractor_field
         np.maximum(target, profile, out=target)
 
