@@ -1,0 +1,114 @@
+"""Paired multi-seed summary of ``semimedref_synthetic.py`` runs: mean Dice, gain, seeds ahead, shuffle drop.
+
+The benchmark's result records (its ``--out`` JSON, or the copies kept under a group of
+``results_semimedref_synthetic.json``) hold one run each. This script groups them into arms, pairs each arm with a
+reference arm by seed (same labeled subset, initial weights and steps) and prints the Markdown summary the README
+tables quote, so every mean, "ahead on k of n seeds" and paired spread there can be recomputed from the stored runs.
+
+An arm is ``LABEL=SOURCE``; SOURCE is ``GROUP/PREFIX`` (records of that group of the results JSON whose key starts
+with PREFIX; a record's seed is its ``args.seed``, else the digits ending the key) or a glob of record files. The first
+arm is the reference. Example (session 10, lr 3e-4):
+
+    python benchmarks/seed_table.py "supervised=session10_one_environment_8seeds/lsup_s" \\
+        "Semi-MedRef=session10_one_environment_8seeds/lsem_s" "no PosAug=session10_one_environment_8seeds/lnop_s"
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+#: Result keys of a record: one of the benchmark's methods, or a ``--probe`` re-test of a best checkpoint.
+METHOD_KEYS = ("supervised", "semimedref")
+PROBE_KEY = "probe_of_best_checkpoint"
+
+
+def run_scores(record: dict[str, Any]) -> tuple[float, float]:
+    """(own-text test Dice, shuffled-text Dice) of one result record."""
+    if PROBE_KEY in record:
+        probe = record[PROBE_KEY]
+        return float(probe["own_dice"]), float(probe["shuffled_dice"])
+    keys = [k for k in METHOD_KEYS if k in record]
+    if len(keys) != 1:
+        raise ValueError(f"a record must hold exactly one of {METHOD_KEYS} or {PROBE_KEY!r}, not {sorted(record)}")
+    metrics, probe = record[keys[0]]
+    return float(metrics["test_dice"]), float(probe["shuffled_dice"])
+
+
+def record_seed(name: str, record: dict[str, Any]) -> int:
+    """The run's ``--seed``, or the digits that end its name (probe records keep no arguments)."""
+    if "args" in record:
+        return int(record["args"]["seed"])
+    match = re.search(r"(\d+)$", name)
+    if match is None:
+        raise ValueError(f"record {name!r} has no args and no seed at the end of its name")
+    return int(match.group(1))
+
+
+def load_arm(source: str, results: Path) -> dict[int, tuple[float, float]]:
+    """Seed -> (Dice, shuffled Dice) of the runs named by ``source`` (``GROUP/PREFIX`` or a glob of JSON files)."""
+    if "/" in source and not source.endswith(".json") and "*" not in source:
+        group, prefix = source.split("/", 1)
+        runs = json.loads(results.read_text(encoding="utf-8"))[group]
+        runs = runs.get("runs", runs)
+        named = {k: v for k, v in runs.items() if k.startswith(prefix)}
+    else:
+        named = {Path(f).stem: json.loads(Path(f).read_text(encoding="utf-8")) for f in sorted(glob.glob(source))}
+    arm: dict[int, tuple[float, float]] = {}
+    for name, record in named.items():
+        seed = record_seed(name, record)
+        if seed in arm:
+            raise ValueError(f"{source}: two runs with seed {seed}")
+        arm[seed] = run_scores(record)
+    if not arm:
+        raise ValueError(f"{source}: no runs")
+    return arm
+
+
+def summary(arms: dict[str, dict[int, tuple[float, float]]]) -> str:
+    """Markdown table: mean Dice, paired gain over the first arm (seeds ahead, spread), mean relative shuffle drop."""
+    labels = list(arms)
+    ref = arms[labels[0]]
+    lines = [
+        f"| arm | seeds | mean test Dice | gain over {labels[0]} (seeds ahead; paired SD) | shuffled texts |",
+        "|---|---|---|---|---|",
+    ]
+    for label in labels:
+        arm = arms[label]
+        seeds = sorted(arm)
+        mean = statistics.fmean(arm[s][0] for s in seeds)
+        drop = statistics.fmean(arm[s][1] / arm[s][0] - 1 for s in seeds)
+        gain = ""
+        if label != labels[0]:
+            missing = [s for s in seeds if s not in ref]
+            if missing:
+                raise ValueError(f"{label}: seeds {missing} have no {labels[0]} run to pair with")
+            diffs = [arm[s][0] - ref[s][0] for s in seeds]
+            spread = f"{statistics.stdev(diffs):.3f}" if len(diffs) > 1 else "n/a"
+            ahead = sum(d > 0 for d in diffs)
+            gain = f"{statistics.fmean(diffs):+.3f} ({ahead} of {len(diffs)}; {spread})"
+        lines.append(f"| {label} | {', '.join(map(str, seeds))} | {mean:.3f} | {gain} | {drop:.0%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("arms", nargs="+", metavar="LABEL=SOURCE", help="the first arm is the reference")
+    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("results_semimedref_synthetic.json"))
+    args = parser.parse_args()
+    arms: dict[str, dict[int, tuple[float, float]]] = {}
+    for spec in args.arms:
+        label, sep, source = spec.partition("=")
+        if not sep or not label or not source:
+            parser.error(f"{spec!r} is not LABEL=SOURCE")
+        arms[label] = load_arm(source, args.results)
+    print(summary(arms))
+
+
+if __name__ == "__main__":
+    main()
