@@ -96,18 +96,36 @@ def summary(arms: dict[str, dict[int, tuple[float, float]]]) -> str:
     return "\n".join(lines)
 
 
+def seed_list(spec: str) -> list[int]:
+    """``"42-45"`` -> [42, 43, 44, 45]; ``"42,44"`` -> [42, 44]."""
+    seeds: list[int] = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        seeds += range(int(first), int(last or first) + 1)
+    return seeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("arms", nargs="+", metavar="LABEL=SOURCE", help="the first arm is the reference")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("results_semimedref_synthetic.json"))
+    parser.add_argument("--seeds", type=seed_list, help="keep only these seeds in every arm: 42-45 or 42,44,46")
     args = parser.parse_args()
     arms: dict[str, dict[int, tuple[float, float]]] = {}
-    for spec in args.arms:
-        label, sep, source = spec.partition("=")
-        if not sep or not label or not source:
-            parser.error(f"{spec!r} is not LABEL=SOURCE")
-        arms[label] = load_arm(source, args.results)
-    print(summary(arms))
+    try:
+        for spec in args.arms:
+            label, sep, source = spec.partition("=")
+            if not sep or not label or not source:
+                raise ValueError(f"{spec!r} is not LABEL=SOURCE")
+            arm = load_arm(source, args.results)
+            if args.seeds:
+                if missing := sorted(set(args.seeds) - set(arm)):
+                    raise ValueError(f"{label}: no run with seeds {missing}")
+                arm = {s: arm[s] for s in args.seeds}
+            arms[label] = arm
+        print(summary(arms))
+    except ValueError as err:
+        parser.error(str(err))
 
 
 if __name__ == "__main__":

@@ -49,3 +49,8 @@ def test_record_files_and_errors(results: Path, tmp_path: Path) -> None:
         seed_table.summary({"sup": {1: (0.5, 0.4)}, "smr": {1: (0.6, 0.5), 2: (0.6, 0.5)}})
     with pytest.raises(ValueError, match="exactly one of"):
         seed_table.run_scores({"args": {"seed": 1}})
+
+
+def test_seed_list() -> None:
+    assert seed_table.seed_list("42-45") == [42, 43, 44, 45]
+    assert seed_table.seed_list("42,44,46-47") == [42, 44, 46, 47]
