@@ -56,7 +56,7 @@ def load_arm(source: str, results: Path) -> dict[int, tuple[float, float]]:
         group, prefix = source.split("/", 1)
         runs = json.loads(results.read_text(encoding="utf-8"))[group]
         runs = runs.get("runs", runs)
-        named = {k: v for k, v in runs.items() if k.startswith(prefix)}
+        named = {k: v for k, v in runs.items() if k.startswith(prefix) and isinstance(v, dict)}  # not "note"
     else:
         named = {Path(f).stem: json.loads(Path(f).read_text(encoding="utf-8")) for f in sorted(glob.glob(source))}
     arm: dict[int, tuple[float, float]] = {}
