@@ -5,9 +5,9 @@ The benchmark's result records (its ``--out`` JSON, or the copies kept under a g
 reference arm by seed (same labeled subset, initial weights and steps) and prints the Markdown summary the README
 tables quote, so every mean, "ahead on k of n seeds" and paired spread there can be recomputed from the stored runs.
 
-An arm is ``LABEL=SOURCE``; SOURCE is ``GROUP/PREFIX`` (records of that group of the results JSON whose key starts
-with PREFIX; a record's seed is its ``args.seed``, else the digits ending the key) or a glob of record files. The first
-arm is the reference. Example (session 10, lr 3e-4):
+An arm is ``LABEL=SOURCE``; SOURCE is a glob of record files (it ends in ``.json``) or ``GROUP/PREFIX`` (records of
+that group of the results JSON whose key starts with PREFIX; a record's seed is its ``args.seed``, else the digits
+ending the key). The first arm is the reference. Example (session 10, lr 3e-4):
 
     python benchmarks/seed_table.py "supervised=session10_one_environment_8seeds/lsup_s" \\
         "Semi-MedRef=session10_one_environment_8seeds/lsem_s" "no PosAug=session10_one_environment_8seeds/lnop_s"
@@ -51,14 +51,16 @@ def record_seed(name: str, record: dict[str, Any]) -> int:
 
 
 def load_arm(source: str, results: Path) -> dict[int, tuple[float, float]]:
-    """Seed -> (Dice, shuffled Dice) of the runs named by ``source`` (``GROUP/PREFIX`` or a glob of JSON files)."""
-    if "/" in source and not source.endswith(".json") and "*" not in source:
-        group, prefix = source.split("/", 1)
-        runs = json.loads(results.read_text(encoding="utf-8"))[group]
-        runs = runs.get("runs", runs)
-        named = {k: v for k, v in runs.items() if k.startswith(prefix) and isinstance(v, dict)}  # not "note"
-    else:
+    """Seed -> (Dice, shuffled Dice) of the runs named by ``source`` (a glob of JSON files or ``GROUP/PREFIX``)."""
+    if source.endswith(".json"):
         named = {Path(f).stem: json.loads(Path(f).read_text(encoding="utf-8")) for f in sorted(glob.glob(source))}
+    else:
+        group, sep, prefix = source.partition("/")
+        groups = json.loads(results.read_text(encoding="utf-8"))
+        if not sep or group not in groups:
+            raise ValueError(f"{source}: not a *.json glob, nor GROUP/PREFIX with a group of {results}")
+        runs = groups[group].get("runs", groups[group])
+        named = {k: v for k, v in runs.items() if k.startswith(prefix) and isinstance(v, dict)}  # not "note"
     arm: dict[int, tuple[float, float]] = {}
     for name, record in named.items():
         seed = record_seed(name, record)

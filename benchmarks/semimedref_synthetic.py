@@ -199,8 +199,6 @@ def main() -> None:
     parser.add_argument("--mix_block", type=int, default=8, help="T-PatchMix block side in pixels (paper: 16 at 224)")
     parser.add_argument("--mix_prob", type=float, default=0.5, help="per-sample probability of a T-PatchMix block")
     parser.add_argument("--text_aug", default="posaug", choices=["posaug", "textstrong", "none"], help="student text")
-    parser.add_argument("--confidence", type=float, default=0.55,
-                        help="delta: pseudo-label threshold without mixing and T-PatchMix's lesion gate")  # fmt: skip
     parser.add_argument("--mix", default="tpatchmix", choices=["tpatchmix", "cutmix", "none"],
                         help="mixing of the unlabeled pairs (none: Table 2 rows before T-PatchMix)")  # fmt: skip
     parser.add_argument("--contrastive", default="itcl", choices=["itcl", "clip", "none"],
@@ -269,8 +267,7 @@ def main() -> None:
     semi_kwargs = {"burn_in_epochs": burn_in, "lambda_u_ramp_epochs": burn_in, "ema_ramp_epochs": 2 * burn_in,
                    "lambda_u": args.lambda_u, "ema_end": args.ema_end, "lambda_itcl_unsup": args.itcl_u,
                    "eval_teacher": args.eval_teacher, "text_aug": args.text_aug, "mix": args.mix,
-                   "mix_prob": args.mix_prob, "mix_block": args.mix_block, "contrastive": args.contrastive,
-                   "confidence": args.confidence}  # fmt: skip
+                   "mix_prob": args.mix_prob, "mix_block": args.mix_block, "contrastive": args.contrastive}  # fmt: skip
     if args.posaug_edit_prob is not None:
         semi_kwargs["posaug_edit_prob"] = args.posaug_edit_prob
     kwargs = {"supervised": model_kwargs(args), "semimedref": {**model_kwargs(args), **semi_kwargs}}

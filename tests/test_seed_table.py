@@ -45,6 +45,8 @@ def test_record_files_and_errors(results: Path, tmp_path: Path) -> None:
     assert seed_table.load_arm(str(tmp_path / "run*.json"), results) == {7: (0.4, 0.2), 8: (0.5, 0.25)}
     with pytest.raises(ValueError, match="no runs"):
         seed_table.load_arm("g/none_", results)
+    with pytest.raises(ValueError, match="nor GROUP/PREFIX"):
+        seed_table.load_arm("missing/sup_", results)
     with pytest.raises(ValueError, match="no sup run to pair with"):
         seed_table.summary({"sup": {1: (0.5, 0.4)}, "smr": {1: (0.6, 0.5), 2: (0.6, 0.5)}})
     with pytest.raises(ValueError, match="exactly one of"):
