@@ -4,6 +4,9 @@ The benchmark's result records (its ``--out`` JSON, or the copies kept under a g
 ``results_semimedref_synthetic.json``) hold one run each. This script groups them into arms, pairs each arm with a
 reference arm by seed (same labeled subset, initial weights and steps) and prints the Markdown summary the README
 tables quote, so every mean, "ahead on k of n seeds" and paired spread there can be recomputed from the stored runs.
+The p-value is the exact two-sided paired sign-flip (permutation) test of the mean gain: under "the arm makes no
+difference" each seed's gain is as likely positive as negative, so p is the share of the 2^n sign patterns whose mean
+gain is at least as far from 0 as the observed one (no normality assumed; the smallest p with n seeds is 2 / 2^n).
 
 An arm is ``LABEL=SOURCE``; SOURCE is a glob of record files (it ends in ``.json``) or ``GROUP/PREFIX`` (records of
 that group of the results JSON whose key starts with PREFIX; a record's seed is its ``args.seed``, else the digits
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import re
 import statistics
@@ -26,6 +30,10 @@ from typing import Any
 #: Result keys of a record: one of the benchmark's methods, or a ``--probe`` re-test of a best checkpoint.
 METHOD_KEYS = ("supervised", "semimedref")
 PROBE_KEY = "probe_of_best_checkpoint"
+#: Most paired seeds the exact sign-flip test enumerates (2^20 patterns).
+MAX_EXACT_SEEDS = 20
+#: Sums of gains closer than this count as equal in the sign-flip test (float round-off of the 4-digit Dice values).
+TIE_TOLERANCE = 1e-9
 
 
 def run_scores(record: dict[str, Any]) -> tuple[float, float]:
@@ -48,6 +56,20 @@ def record_seed(name: str, record: dict[str, Any]) -> int:
     if match is None:
         raise ValueError(f"record {name!r} has no args and no seed at the end of its name")
     return int(match.group(1))
+
+
+def sign_flip_p(diffs: list[float]) -> float:
+    """Exact two-sided p-value of the paired sign-flip test that the mean of ``diffs`` is 0 (all 2^n sign patterns).
+
+    Raises:
+        ValueError: For more than :data:`MAX_EXACT_SEEDS` differences (the enumeration doubles with each one).
+    """
+    if len(diffs) > MAX_EXACT_SEEDS:
+        raise ValueError(f"the exact sign-flip test enumerates 2^n patterns; {len(diffs)} > {MAX_EXACT_SEEDS} seeds")
+    observed = abs(sum(diffs)) - TIE_TOLERANCE
+    signs = itertools.product((1.0, -1.0), repeat=len(diffs))
+    extreme = sum(abs(sum(s * d for s, d in zip(pattern, diffs, strict=True))) >= observed for pattern in signs)
+    return extreme / 2 ** len(diffs)
 
 
 def load_arm(source: str, results: Path) -> dict[int, tuple[float, float]]:
@@ -73,11 +95,12 @@ def load_arm(source: str, results: Path) -> dict[int, tuple[float, float]]:
 
 
 def summary(arms: dict[str, dict[int, tuple[float, float]]]) -> str:
-    """Markdown table: mean Dice, paired gain over the first arm (seeds ahead, spread), mean relative shuffle drop."""
+    """Markdown table: mean Dice, paired gain over the first arm (seeds ahead, spread, sign-flip p), shuffle drop."""
     labels = list(arms)
     ref = arms[labels[0]]
     lines = [
-        f"| arm | seeds | mean test Dice | gain over {labels[0]} (seeds ahead; paired SD) | shuffled texts |",
+        f"| arm | seeds | mean test Dice | gain over {labels[0]} (seeds ahead; paired SD; sign-flip p) "
+        "| shuffled texts |",
         "|---|---|---|---|---|",
     ]
     for label in labels:
@@ -93,7 +116,7 @@ def summary(arms: dict[str, dict[int, tuple[float, float]]]) -> str:
             diffs = [arm[s][0] - ref[s][0] for s in seeds]
             spread = f"{statistics.stdev(diffs):.3f}" if len(diffs) > 1 else "n/a"
             ahead = sum(d > 0 for d in diffs)
-            gain = f"{statistics.fmean(diffs):+.3f} ({ahead} of {len(diffs)}; {spread})"
+            gain = f"{statistics.fmean(diffs):+.3f} ({ahead} of {len(diffs)}; {spread}; p {sign_flip_p(diffs):.3g})"
         lines.append(f"| {label} | {', '.join(map(str, seeds))} | {mean:.3f} | {gain} | {drop:.0%} |")
     return "\n".join(lines)
 

@@ -35,8 +35,19 @@ def test_paired_summary_values(results: Path) -> None:
     assert arms["smr"] == {1: (0.55, 0.44), 2: (0.58, 0.348)}
     rows = seed_table.summary(arms).splitlines()
     assert rows[2] == "| sup | 1, 2 | 0.550 |  | -35% |"  # mean(0.5, 0.6); drops -20 % and -50 %
-    # gains +0.05 and -0.02: mean +0.015, one seed ahead, sample SD 0.0495; drops -20 % and -40 %
-    assert rows[3] == "| smr | 1, 2 | 0.565 | +0.015 (1 of 2; 0.049) | -30% |"
+    # gains +0.05 and -0.02: mean +0.015, one seed ahead, sample SD 0.0495; all four sign patterns give a mean at
+    # least 0.015 from 0 (p 1); drops -20 % and -40 %
+    assert rows[3] == "| smr | 1, 2 | 0.565 | +0.015 (1 of 2; 0.049; p 1) | -30% |"
+
+
+def test_sign_flip_p_golden_values() -> None:
+    # every seed ahead: only the all-plus and all-minus patterns are as extreme, 2 / 2^8
+    assert seed_table.sign_flip_p([0.03, 0.01, 0.05, 0.02, 0.04, 0.01, 0.06, 0.02]) == 2 / 256
+    # sums over the 8 patterns of (0.03, 0.01, -0.02): +-0.02, +-0.06, 0.00 (twice), +-0.04; 6 reach |0.02|
+    assert seed_table.sign_flip_p([0.03, 0.01, -0.02]) == pytest.approx(6 / 8)
+    assert seed_table.sign_flip_p([0.0, 0.0]) == 1.0
+    with pytest.raises(ValueError, match="21 > 20 seeds"):
+        seed_table.sign_flip_p([0.01] * 21)
 
 
 def test_record_files_and_errors(results: Path, tmp_path: Path) -> None:
