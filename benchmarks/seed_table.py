@@ -10,7 +10,8 @@ gain is at least as far from 0 as the observed one (no normality assumed; the sm
 
 An arm is ``LABEL=SOURCE``; SOURCE is a glob of record files (it ends in ``.json``) or ``GROUP/PREFIX`` (records of
 that group of the results JSON whose key starts with PREFIX; a record's seed is its ``args.seed``, else the digits
-ending the key). The first arm is the reference. Example (session 10, lr 3e-4):
+ending the key); several sources joined by ``+`` form one arm (seeds of two sessions). The first arm is the
+reference. Example (session 10, lr 3e-4):
 
     python benchmarks/seed_table.py "supervised=session10_one_environment_8seeds/lsup_s" \\
         "Semi-MedRef=session10_one_environment_8seeds/lsem_s" "no PosAug=session10_one_environment_8seeds/lnop_s"
@@ -72,23 +73,27 @@ def sign_flip_p(diffs: list[float]) -> float:
     return extreme / 2 ** len(diffs)
 
 
-def load_arm(source: str, results: Path) -> dict[int, tuple[float, float]]:
-    """Seed -> (Dice, shuffled Dice) of the runs named by ``source`` (a glob of JSON files or ``GROUP/PREFIX``)."""
+def load_records(source: str, results: Path) -> dict[str, dict[str, Any]]:
+    """Name -> record of one source: a glob of JSON record files, or ``GROUP/PREFIX`` of the results JSON."""
     if source.endswith(".json"):
-        named = {Path(f).stem: json.loads(Path(f).read_text(encoding="utf-8")) for f in sorted(glob.glob(source))}
-    else:
-        group, sep, prefix = source.partition("/")
-        groups = json.loads(results.read_text(encoding="utf-8"))
-        if not sep or group not in groups:
-            raise ValueError(f"{source}: not a *.json glob, nor GROUP/PREFIX with a group of {results}")
-        runs = groups[group].get("runs", groups[group])
-        named = {k: v for k, v in runs.items() if k.startswith(prefix) and isinstance(v, dict)}  # not "note"
+        return {Path(f).stem: json.loads(Path(f).read_text(encoding="utf-8")) for f in sorted(glob.glob(source))}
+    group, sep, prefix = source.partition("/")
+    groups = json.loads(results.read_text(encoding="utf-8"))
+    if not sep or group not in groups:
+        raise ValueError(f"{source}: not a *.json glob, nor GROUP/PREFIX with a group of {results}")
+    runs = groups[group].get("runs", groups[group])
+    return {k: v for k, v in runs.items() if k.startswith(prefix) and isinstance(v, dict)}  # not "note"
+
+
+def load_arm(source: str, results: Path) -> dict[int, tuple[float, float]]:
+    """Seed -> (Dice, shuffled Dice) of the runs named by ``source``: sources (see :func:`load_records`) joined by +."""
     arm: dict[int, tuple[float, float]] = {}
-    for name, record in named.items():
-        seed = record_seed(name, record)
-        if seed in arm:
-            raise ValueError(f"{source}: two runs with seed {seed}")
-        arm[seed] = run_scores(record)
+    for part in source.split("+"):
+        for name, record in load_records(part, results).items():
+            seed = record_seed(name, record)
+            if seed in arm:
+                raise ValueError(f"{source}: two runs with seed {seed}")
+            arm[seed] = run_scores(record)
     if not arm:
         raise ValueError(f"{source}: no runs")
     return arm

@@ -54,6 +54,11 @@ def test_record_files_and_errors(results: Path, tmp_path: Path) -> None:
     for seed, dice in ((7, 0.4), (8, 0.5)):
         (tmp_path / f"run{seed}.json").write_text(json.dumps(record("supervised", seed, dice, dice / 2)))
     assert seed_table.load_arm(str(tmp_path / "run*.json"), results) == {7: (0.4, 0.2), 8: (0.5, 0.25)}
+    # two sources joined by + form one arm; a seed in both is refused
+    joined = seed_table.load_arm(f"g/sup_+{tmp_path / 'run*.json'}", results)
+    assert joined == {1: (0.5, 0.4), 2: (0.6, 0.3), 7: (0.4, 0.2), 8: (0.5, 0.25)}
+    with pytest.raises(ValueError, match="two runs with seed 1"):
+        seed_table.load_arm("g/sup_+g/smr_", results)
     with pytest.raises(ValueError, match="no runs"):
         seed_table.load_arm("g/none_", results)
     with pytest.raises(ValueError, match="nor GROUP/PREFIX"):
