@@ -1,8 +1,7 @@
-"""The thin base LightningModule shared by every method: networks, losses, metrics, evaluation, optimiser.
+"""The thin base LightningModule of every method: networks, losses, metrics, evaluation, AdamW + cosine (§7).
 
-Subclasses implement ``training_step`` (and own their teacher). Evaluation, ``test_metrics.json`` and the AdamW +
-cosine recipe (``methods.md`` §7) live here; the run plumbing (callbacks, checkpoint stamps, BatchNorm statistics
-under DDP, memory format, compilation) in :class:`~textseg.methods.runtime.RunHooks`.
+Subclasses implement ``training_step`` and own their teacher; run plumbing and options are in
+:class:`~textseg.methods.runtime.RunHooks`.
 """
 
 from __future__ import annotations
@@ -20,6 +19,9 @@ from textseg.models import build_core
 from textseg.models.encoders import TextEncoder
 from textseg.models.types import SegOutput
 from textseg.report import write_test_metrics
+
+#: Base arguments passed on to :func:`~textseg.models.build_core` by name.
+CORE_ARGS = ("vision_checkpoint", "use_padding_mask", "guide_alpha", "use_eca", "project_dim")
 
 
 class TextSegModule(RunHooks):
@@ -42,10 +44,8 @@ class TextSegModule(RunHooks):
         min_lr: Cosine annealing floor.
         lr_t_max: Cosine period in epochs; ``None`` = ``trainer.max_epochs``.
         eval_teacher: Evaluate the EMA teacher instead of the student (methods with a teacher).
-        channels_last: Keep the networks and image batches in ``torch.channels_last`` (faster convs on GPUs).
-        compile: ``torch.compile`` the student and teacher networks in place (state-dict keys unchanged).
-        nonfinite: A NaN/inf loss term or gradient ``"stop"``s the run naming it, or ``"skip"``s the step
-            (:class:`~textseg.guards.NonFiniteGuard`).
+        **kwargs: Run options of :class:`~textseg.methods.runtime.RunHooks` (``channels_last``, ``compile``,
+            ``nonfinite``).
     """
 
     def __init__(
@@ -66,12 +66,9 @@ class TextSegModule(RunHooks):
         min_lr: float = 1e-6,
         lr_t_max: int | None = None,
         eval_teacher: bool = False,
-        channels_last: bool = False,
-        compile: bool = False,
-        nonfinite: Literal["stop", "skip"] = "stop",
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
+        super().__init__(**kwargs)  # RunHooks saves every constructor argument as self.hparams
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -87,17 +84,8 @@ class TextSegModule(RunHooks):
         self.text_encoder = TextEncoder(
             hp.text_encoder, hp.max_length, hp.use_padding_mask, cache_size=hp.text_cache_size
         )
-        self.net = build_core(
-            hp.backbone,
-            hp.vision_encoder,
-            self.text_encoder.hidden_size,
-            vision_checkpoint=hp.vision_checkpoint,
-            use_padding_mask=hp.use_padding_mask,
-            guide_alpha=hp.guide_alpha,
-            use_eca=hp.use_eca,
-            project_dim=hp.project_dim,
-            **self.core_kwargs(),
-        )
+        core_args = {k: hp[k] for k in CORE_ARGS} | self.core_kwargs()
+        self.net = build_core(hp.backbone, hp.vision_encoder, self.text_encoder.hidden_size, **core_args)
 
     def core_kwargs(self) -> dict[str, Any]:
         """Extra keyword arguments of :func:`~textseg.models.build_core` (method-specific networks)."""

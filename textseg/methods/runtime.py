@@ -8,7 +8,7 @@ processes after each optimiser step, and the networks' memory format and compila
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule
@@ -20,12 +20,25 @@ from textseg.guards import NonFiniteGuard
 
 
 class RunHooks(LightningModule):
-    """Lightning hooks of a textseg run; expects ``self.hparams`` with ``nonfinite``, ``channels_last``, ``compile``.
+    """Lightning hooks of a textseg run, and the run options that are not part of any method.
 
-    The student network is ``self.net``; a method with a teacher keeps it as ``self.teacher``.
+    The student network is ``self.net``; a method with a teacher keeps it as ``self.teacher``. The constructor saves
+    the arguments of the whole constructor chain (method, base and these) as ``self.hparams``.
+
+    Args:
+        channels_last: Keep the networks and image batches in ``torch.channels_last`` (faster convs on GPUs).
+        compile: ``torch.compile`` the student and teacher networks in place (state-dict keys unchanged).
+        nonfinite: A NaN/inf loss term or gradient ``"stop"``s the run naming it, or ``"skip"``s the step
+            (:class:`~textseg.guards.NonFiniteGuard`).
     """
 
     net: nn.Module
+
+    def __init__(
+        self, channels_last: bool = False, compile: bool = False, nonfinite: Literal["stop", "skip"] = "stop"
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # collects the arguments of every __init__ of the chain that called this one
 
     def setup(self, stage: str) -> None:
         """Put the student (and teacher) in ``channels_last`` and compile them in place, as the arguments ask."""
