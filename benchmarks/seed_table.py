@@ -20,6 +20,7 @@ reference. Example (session 10, lr 3e-4):
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import itertools
 import json
@@ -73,12 +74,18 @@ def sign_flip_p(diffs: list[float]) -> float:
     return extreme / 2 ** len(diffs)
 
 
+@functools.cache
+def read_results(results: Path) -> dict[str, Any]:
+    """The parsed results JSON, read once per path for all the arms and sources of a summary."""
+    return dict(json.loads(results.read_text(encoding="utf-8")))
+
+
 def load_records(source: str, results: Path) -> dict[str, dict[str, Any]]:
     """Name -> record of one source: a glob of JSON record files, or ``GROUP/PREFIX`` of the results JSON."""
     if source.endswith(".json"):
         return {Path(f).stem: json.loads(Path(f).read_text(encoding="utf-8")) for f in sorted(glob.glob(source))}
     group, sep, prefix = source.partition("/")
-    groups = json.loads(results.read_text(encoding="utf-8"))
+    groups = read_results(results)
     if not sep or group not in groups:
         raise ValueError(f"{source}: not a *.json glob, nor GROUP/PREFIX with a group of {results}")
     runs = groups[group].get("runs", groups[group])
