@@ -197,7 +197,7 @@ def measure_loader(loader: DataLoader, workers: int, batches: int) -> dict[str, 
 def transform_breakdown(dm: TextSegDataModule, kind: str, samples: int) -> dict[str, float]:
     """Mean CPU ms per sample (``time.process_time``) of each transform of the ``kind`` pipeline, in this process.
 
-    The transforms run as :class:`~textseg.sampling.SeededDataset` runs them: MONAI meta-data tracking off; the whole
+    The transforms run as :class:`~textseg.data.sampling.SeededDataset` runs them: MONAI meta-data tracking off; the whole
     pipeline is timed as the DataLoader calls it, with the per-sample re-seeding.
     """
     ds: Any = train_loader(dm, kind).dataset

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from textseg.callbacks import CARD_LIBRARIES, git_info, library_versions
+from textseg.engine.callbacks import CARD_LIBRARIES, git_info, library_versions
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, where: str = "") -> None:

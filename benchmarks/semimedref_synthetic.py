@@ -35,9 +35,13 @@ import torch.nn.functional as F
 from fit_and_test import fit_and_test
 from report_utils import add_threads_argument, command_line, environment, environment_line, set_threads
 
-from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule, checkpointing, text
-from textseg.datasets.synthetic import META_FILE, SyntheticConfig, generate_sample, make_synthetic, qata_sized_config
-from textseg.metrics import binarize_logits, segmentation_metrics
+from textseg import SemiMedRefModule, SupervisedModule, TextSegDataModule
+
+from textseg.engine import checkpointing
+
+from textseg.ops import text
+from textseg.data.synthetic import META_FILE, SyntheticConfig, generate_sample, make_synthetic, qata_sized_config
+from textseg.ops.metrics import binarize_logits, segmentation_metrics
 
 
 def datamodule(args: argparse.Namespace) -> TextSegDataModule:
@@ -94,8 +98,8 @@ def train(
 #: image of its batch); the two swaps name the mirrored regions, so they show which words the model grounds.
 TEXT_PROBES: dict[str, Callable[[list[str]], list[str]]] = {
     "shuffled": lambda texts: texts[1:] + texts[:1],
-    "lr_swapped": lambda texts: [text.swap_left_right(t) for t in texts],
-    "ul_swapped": lambda texts: [text.swap_upper_lower(t) for t in texts],
+    "lr_swapped": lambda texts: [text_aug.swap_left_right(t) for t in texts],
+    "ul_swapped": lambda texts: [text_aug.swap_upper_lower(t) for t in texts],
 }
 
 

@@ -5,7 +5,7 @@ full-size ConvNeXt-T (``vision_encoder="convnext-tiny"``), with the frozen text 
 (``text_encoder="bert-base"``: hidden 768, 12 layers, the package's in-code tokenizer; nothing is downloaded) -- and
 times ``module.training_step`` + ``backward`` + ``optimizer_step`` (AdamW, then the EMA teacher update, exactly the
 hook Lightning calls) in a minimal loop on batches built directly as ``{"labeled": {...}, "unlabeled": {...}}`` with
-the sample keys of :mod:`textseg.transforms`, already on the device.
+the sample keys of :mod:`textseg.data.transforms`, already on the device.
 
 Variants (``method/precision/cache/format``) differ in the method, fp32 vs bf16 autocast (``torch.autocast`` around
 the forward, as Lightning's ``bf16-mixed``), the frozen text encoder's feature cache (``text_cache_size`` default vs
@@ -65,7 +65,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import textseg.methods.textmoe as textmoe_method
 from textseg import SemiMedRefModule, SupervisedModule, TextMoEModule
 from textseg.methods.base import TextSegModule
-from textseg.text import position_label
+from textseg.ops.text import position_label
 
 #: Default location of the real data files (``<x>/shared/data`` beside the ``<x>/main`` clone); read only for captions.
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -241,7 +241,7 @@ def _zscore(x: Tensor) -> Tensor:
 def _samples(
     gen: torch.Generator, texts: list[str], modality: list[int], size: int, labeled: bool, dataset_names: list[str]
 ) -> dict[str, Any]:
-    """One labeled or unlabeled batch dict with the keys of :mod:`textseg.transforms`."""
+    """One labeled or unlabeled batch dict with the keys of :mod:`textseg.data.transforms`."""
     b = len(texts)
     image = _zscore(
         _field(gen, b, size, IMAGE_FIELD_CELLS) + IMAGE_NOISE * torch.randn(b, 1, size, size, generator=gen)

@@ -20,8 +20,8 @@ import argparse
 import numpy as np
 import torch
 
-from textseg import mixing
-from textseg.datasets.synthetic import SyntheticConfig, caption_for, generate_sample
+from textseg.ops import mixing
+from textseg.data.synthetic import SyntheticConfig, caption_for, generate_sample
 
 
 def gate_acceptance(

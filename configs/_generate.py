@@ -34,7 +34,7 @@ def trainer(name: str, monitor: str = "val_dice", patience: int = 30) -> dict[st
         "max_epochs": 100,
         "log_every_n_steps": 20,
         "logger": {
-            "class_path": "textseg.loggers.CSVLogger",
+            "class_path": "textseg.engine.loggers.CSVLogger",
             "init_args": {"save_dir": "runs", "name": name},
         },
         "callbacks": [
@@ -238,7 +238,7 @@ def demo(method: str) -> dict[str, Any]:
             "max_epochs": 6,
             "log_every_n_steps": 5,
             "logger": {
-                "class_path": "textseg.loggers.CSVLogger",
+                "class_path": "textseg.engine.loggers.CSVLogger",
                 "init_args": {"save_dir": "runs", "name": f"demo_{method}"},
             },
             "callbacks": [

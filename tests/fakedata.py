@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from textseg.datasets.io import read_text_table
-from textseg.datasets.synthetic import caption_for, region_boxes
+from textseg.data.io import read_text_table
+from textseg.data.synthetic import caption_for, region_boxes
 
 __all__ = [
     "MOSMED_LAYOUTS",

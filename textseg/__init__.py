@@ -18,7 +18,7 @@ from textseg import cuda_env  # noqa: F401  (records CUBLAS_WORKSPACE_CONFIG bef
 __version__ = "0.1.0"
 
 _LAZY = {
-    "TextSegDataModule": "textseg.datamodule",
+    "TextSegDataModule": "textseg.data.datamodule",
     "TextSegModule": "textseg.methods.base",
     "SupervisedModule": "textseg.methods.supervised",
     "SemiMedRefModule": "textseg.methods.semimedref",

@@ -1,5 +1,5 @@
 """``python -m textseg`` runs the CLI."""
 
-from textseg.cli import main
+from textseg.cli.main import main
 
 main()

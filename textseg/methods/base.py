@@ -12,13 +12,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from textseg.losses import build_seg_loss
+from textseg.engine.runfiles import write_test_metrics
 from textseg.methods.runtime import RunHooks
-from textseg.metrics import GroupedSegMetrics, binarize_logits
 from textseg.models import build_core
 from textseg.models.encoders import TextEncoder
 from textseg.models.types import SegOutput
-from textseg.report import write_test_metrics
+from textseg.ops.losses import build_seg_loss
+from textseg.ops.metrics import GroupedSegMetrics, binarize_logits
 
 #: Base arguments passed on to :func:`~textseg.models.build_core` by name.
 CORE_ARGS = ("vision_checkpoint", "use_padding_mask", "guide_alpha", "use_eca", "project_dim")

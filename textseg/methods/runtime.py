@@ -1,7 +1,7 @@
 """Run plumbing shared by every method, kept out of the task logic of :class:`~textseg.methods.base.TextSegModule`.
 
 :class:`RunHooks` owns what a run needs whatever the method: the non-finite guard and exact resumption callbacks,
-the checkpoint stamps (:mod:`textseg.checkpointing`), the averaging of the student's BatchNorm statistics over DDP
+the checkpoint stamps (:mod:`textseg.engine.checkpointing`), the averaging of the student's BatchNorm statistics over DDP
 processes after each optimiser step, and the networks' memory format and compilation.
 """
 
@@ -14,9 +14,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule
 from torch import nn
 
-from textseg import checkpointing
-from textseg.ema import average_buffers
-from textseg.guards import NonFiniteGuard
+from textseg.engine import checkpointing
+from textseg.engine.guards import NonFiniteGuard
+from textseg.ops.ema import average_buffers
 
 
 class RunHooks(LightningModule):
@@ -29,7 +29,7 @@ class RunHooks(LightningModule):
         channels_last: Keep the networks and image batches in ``torch.channels_last`` (faster convs on GPUs).
         compile: ``torch.compile`` the student and teacher networks in place (state-dict keys unchanged).
         nonfinite: A NaN/inf loss term or gradient ``"stop"``s the run naming it, or ``"skip"``s the step
-            (:class:`~textseg.guards.NonFiniteGuard`).
+            (:class:`~textseg.engine.guards.NonFiniteGuard`).
     """
 
     net: nn.Module
@@ -56,7 +56,7 @@ class RunHooks(LightningModule):
         return [cb for cb in wanted if type(cb) not in have]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Stamp the method and backbone (:mod:`textseg.checkpointing`)."""
+        """Stamp the method and backbone (:mod:`textseg.engine.checkpointing`)."""
         checkpointing.stamp(checkpoint, self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

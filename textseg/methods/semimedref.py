@@ -18,11 +18,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from textseg import mixing, text
-from textseg.ema import EMATeacher, linear_ramp, semimedref_momentum
-from textseg.losses import clip_loss, itcl_loss
 from textseg.methods.base import TextSegModule
 from textseg.models.types import SegOutput
+from textseg.ops import mixing, text_aug
+from textseg.ops.ema import EMATeacher, linear_ramp, semimedref_momentum
+from textseg.ops.losses import clip_loss, itcl_loss
 
 
 class SemiMedRefModule(TextSegModule):
@@ -101,7 +101,7 @@ class SemiMedRefModule(TextSegModule):
         super().__init__(**kwargs)
 
     def configure_models(self) -> None:
-        """Student (base) plus the EMA teacher (``textseg.ema``), which is never in the optimiser."""
+        """Student (base) plus the EMA teacher (``textseg.ops.ema``), which is never in the optimiser."""
         super().configure_models()
         self.teacher = EMATeacher(self.net) if self.hp.use_teacher else None
 
@@ -182,9 +182,9 @@ class SemiMedRefModule(TextSegModule):
     def _augment_text(self, caption: str, rng: random.Random) -> str:
         hp = self.hp
         if hp.text_aug == "posaug":
-            return text.pos_aug(caption, rng, rho=hp.posaug_rho, edit_prob=hp.posaug_edit_prob)
+            return text_aug.pos_aug(caption, rng, rho=hp.posaug_rho, edit_prob=hp.posaug_edit_prob)
         if hp.text_aug == "textstrong":
-            return text.text_strong(caption, rng, hp.textstrong_prob, hp.textstrong_prob)
+            return text_aug.text_strong(caption, rng, hp.textstrong_prob, hp.textstrong_prob)
         return caption
 
     def _block_masks(self, probs: Tensor, perm: Tensor, texts: list[str], gen: torch.Generator) -> Tensor:
@@ -223,7 +223,7 @@ class SemiMedRefModule(TextSegModule):
         mode: Literal["and", "replace"] = "and" if hp.mix_mode == "pos" else "replace"
         if hp.span_mix and hp.mix_mode != "prob":
             texts = [
-                text.span_mix(t, texts[j], mode) if ok else t
+                text_aug.span_mix(t, texts[j], mode) if ok else t
                 for t, j, ok in zip(texts, perm.tolist(), mixed.accepted.tolist(), strict=True)
             ]
         return mixed.image, target, texts, rate
@@ -236,7 +236,7 @@ class SemiMedRefModule(TextSegModule):
         idx = flip.nonzero().flatten().to(image.device)
         image, target = image.clone(), target.clone()
         image[idx], target[idx] = image[idx].flip(-1), target[idx].flip(-1)
-        texts = [text.swap_left_right(t) if f else t for t, f in zip(texts, flip.tolist(), strict=True)]
+        texts = [text_aug.swap_left_right(t) if f else t for t, f in zip(texts, flip.tolist(), strict=True)]
         return image, target, texts
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

@@ -21,11 +21,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from textseg.ema import EMATeacher, textmoe_momentum
-from textseg.frequency import frequency_exchange
-from textseg.losses import differential_loss
 from textseg.methods.base import TextSegModule
-from textseg.mixing import confident_fraction
+from textseg.ops.ema import EMATeacher, textmoe_momentum
+from textseg.ops.frequency import frequency_exchange
+from textseg.ops.losses import differential_loss
+from textseg.ops.mixing import confident_fraction
 
 #: Names of the modality codes in the logs (``train_gate_ct_e0``).
 MODALITY_NAMES = ("xray", "ct")

@@ -1,0 +1,198 @@
+"""`textseg report` on fabricated test_metrics.json files with known values (mean ± std over seeds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from PIL import Image
+
+from textseg.cli.main import main
+from textseg.errors import DataError
+from textseg.cli.report import aggregate, load_run, write_report
+
+METRIC_NAMES = ("dice", "iou", "dice_per_image", "iou_per_image")
+
+
+def write_run(
+    folder: Path,
+    method: str,
+    hparams: dict[str, Any],
+    values: tuple[float, float, float, float],
+    data: dict[str, Any] | None = None,
+    split: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    postfix: str = "",
+    extra: dict[str, float] | None = None,
+) -> Path:
+    folder.mkdir(parents=True)
+    metrics = {f"test_{m}{postfix}": v for m, v in zip(METRIC_NAMES, values, strict=True)}
+    metrics.update(extra or {})
+    metrics["test_loss"] = 0.5
+    record: dict[str, Any] = {"method": method, "hparams": {"_class_path": "x", **hparams}, "metrics": metrics}
+    if data is not None:
+        record["data"] = data
+    (folder / "test_metrics.json").write_text(json.dumps(record))
+    if split is not None:
+        (folder / "split.json").write_text(json.dumps(split))
+    if config is not None:
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder / "test_metrics.json"
+
+
+def semimedref(seed: int, mix: str = "tpatchmix") -> dict[str, Any]:
+    return {"backbone": "mmiunet", "lr": 3e-4, "mix": mix, "aug_seed": seed, "text_aug": "posaug"}
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    qata = {"dataset": "qata", "root": "/data/q"}
+    # one cell, three seeds, the three ways of finding dataset / ratio / seed
+    write_run(
+        root / "a42",
+        "SemiMedRefModule",
+        semimedref(42),
+        (0.70, 0.50, 0.80, 0.60),
+        data={**qata, "labeled_ratio": 0.01, "seed": 42},
+    )
+    write_run(
+        root / "a43",
+        "SemiMedRefModule",
+        semimedref(43),
+        (0.72, 0.53, 0.80, 0.61),
+        split={"dataset": "qata", "labeled_ratio": 0.01, "seed": 43, "labeled": []},
+    )
+    write_run(
+        root / "nested" / "a44",
+        "SemiMedRefModule",
+        semimedref(44),
+        (0.74, 0.56, 0.83, 0.65),
+        config={"seed_everything": 44, "data": {**qata, "labeled_ratio": 0.01, "seed": 44}},
+    )
+    # the same cell without T-PatchMix (an ablation row) and a single-seed cell at 2 %
+    write_run(
+        root / "b42",
+        "SemiMedRefModule",
+        semimedref(42, "none"),
+        (0.60, 0.40, 0.70, 0.50),
+        data={**qata, "labeled_ratio": 0.01, "seed": 42},
+    )
+    write_run(
+        root / "b43",
+        "SemiMedRefModule",
+        semimedref(43, "none"),
+        (0.64, 0.44, 0.74, 0.54),
+        data={**qata, "labeled_ratio": 0.01, "seed": 43},
+    )
+    write_run(
+        root / "c42",
+        "SemiMedRefModule",
+        semimedref(42),
+        (0.75, 0.60, 0.85, 0.70),
+        data={**qata, "labeled_ratio": 0.02, "seed": 42},
+    )
+    # a repeated seed: the newer file wins
+    sup = {"backbone": "guidedecoder", "lr": 3e-4}
+    mosmed = {"dataset": "mosmed", "labeled_ratio": 0.05, "seed": 42}
+    old = write_run(root / "s_old", "SupervisedModule", sup, (0.10, 0.10, 0.10, 0.10), data=mosmed)
+    os.utime(old, (1_000_000, 1_000_000))
+    write_run(root / "s_new", "SupervisedModule", sup, (0.50, 0.40, 0.55, 0.45), data=mosmed)
+    # composite training data: one cell per dataset from the per-dataset metrics
+    composite = {"dataset": ["qata", "mosmed"], "labeled_ratio": 0.25, "seed": 42}
+    write_run(
+        root / "t42",
+        "TextMoEModule",
+        {"backbone": "textmoe", "expert": "tmoe"},
+        (0.81, 0.71, 0.82, 0.72),
+        data=composite,
+        postfix="_qata",
+        extra={f"test_{m}_mosmed": v for m, v in zip(METRIC_NAMES, (0.71, 0.61, 0.62, 0.52), strict=True)}
+        | {f"test_{m}": 0.0 for m in METRIC_NAMES},
+    )
+    return root
+
+
+def test_report_numbers(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    main(["report", str(runs), "--out", str(out)])
+    printed = capsys.readouterr().out
+    rows = {
+        (r["method"], r["variant"], r["dataset"], r["labeled_ratio"]): r
+        for r in csv.DictReader(open(out / "results.csv"))
+    }
+    assert len(rows) == 6
+    full = rows[("SemiMedRef", "mix=tpatchmix", "qata", "0.01")]
+    assert full["n_seeds"] == "3" and full["seeds"] == "42;43;44"
+    expected = {
+        "dice": (0.72, 0.02),
+        "iou": (0.53, 0.03),
+        "dice_per_image": (0.81, math.sqrt(0.0003)),
+        "iou_per_image": (0.62, math.sqrt(0.0007)),
+    }
+    for metric, (mean, std) in expected.items():
+        assert float(full[f"{metric}_mean"]) == pytest.approx(mean, abs=1e-6)
+        assert float(full[f"{metric}_std"]) == pytest.approx(std, abs=1e-6)
+    ablation = rows[("SemiMedRef", "mix=none", "qata", "0.01")]
+    assert ablation["n_seeds"] == "2" and float(ablation["dice_mean"]) == pytest.approx(0.62)
+    assert float(ablation["dice_std"]) == pytest.approx(math.sqrt(0.0008), abs=1e-6)
+    single = rows[("SemiMedRef", "mix=tpatchmix", "qata", "0.02")]
+    assert single["n_seeds"] == "1" and single["dice_std"] == ""
+    sup = rows[("Supervised", "", "mosmed", "0.05")]
+    assert sup["n_seeds"] == "1" and float(sup["dice_mean"]) == pytest.approx(0.50)
+    assert float(rows[("TextMoE", "", "qata", "0.25")]["dice_mean"]) == pytest.approx(0.81)
+    assert float(rows[("TextMoE", "", "mosmed", "0.25")]["iou_per_image_mean"]) == pytest.approx(0.52)
+    assert rows[("TextMoE", "", "mosmed", "0.25")]["trained_on"] == "qata+mosmed"
+
+    md = (out / "report.md").read_text()
+    assert "| SemiMedRef (mmiunet) [mix=tpatchmix] | 72.00" in printed
+    header = "| method | QaTa-COV19 1% | QaTa-COV19 2% | QaTa-COV19 25% | MosMedData+ 5% | MosMedData+ 25% |"
+    assert md.count(header) == 2
+    assert "| SemiMedRef (mmiunet) [mix=tpatchmix] | 72.00 ± 2.00 / 53.00 ± 3.00 (n=3) | 75.00 / 60.00 (n=1) |" in md
+    assert "81.00 ± 1.73 / 62.00 ± 2.65 (n=3)" in md
+    assert "| TextMoE (textmoe) trained on qata+mosmed |  |  | 81.00 / 71.00 (n=1) |  | 71.00 / 61.00 (n=1) |" in md
+    assert "seed 42 twice in Supervised (guidedecoder), mosmed 0.05" in md
+    runs_csv = list(csv.DictReader(open(out / "runs.csv")))
+    assert len(runs_csv) == 9  # 9 files, one superseded, the composite run on two datasets
+    with Image.open(out / "dice_vs_ratio.png") as im:
+        assert im.format == "PNG" and im.width > 400 and im.height > 200
+
+
+def test_report_rows_ignore_seed_only_differences(runs: Path) -> None:
+    results = [r for f in sorted(runs.rglob("test_metrics.json")) for r in load_run(f)]
+    cells, warnings = aggregate(results)
+    rows = sorted({c.row for c in cells})
+    assert rows == [
+        "SemiMedRef (mmiunet) [mix=none]",
+        "SemiMedRef (mmiunet) [mix=tpatchmix]",
+        "Supervised (guidedecoder)",
+        "TextMoE (textmoe) trained on qata+mosmed",
+    ]
+    assert len(warnings) == 1
+
+
+def test_report_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as err:
+        main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert err.value.code == 1 and "no test_metrics.json" in capsys.readouterr().out
+    bad = tmp_path / "bad" / "test_metrics.json"
+    bad.parent.mkdir()
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit):
+        main(["report", str(bad.parent), "--out", str(tmp_path / "o")])
+    assert f"{bad} is not readable JSON" in capsys.readouterr().out
+    no_ratio = write_run(tmp_path / "nr", "SupervisedModule", {"backbone": "mmiunet"}, (0.1, 0.1, 0.1, 0.1))
+    with pytest.raises(DataError, match="no labeled_ratio"):
+        write_report([no_ratio.parent], tmp_path / "o")
+    partial = tmp_path / "partial" / "test_metrics.json"
+    partial.parent.mkdir()
+    partial.write_text(json.dumps({"method": "X", "metrics": {"test_dice": 0.1}, "data": {"labeled_ratio": 0.1}}))
+    with pytest.raises(DataError, match="metric 'test_iou' missing"):
+        load_run(partial)

@@ -1,0 +1,474 @@
+"""``textseg report``: gather ``test_metrics.json`` files into the papers' result tables (Markdown, CSV, plot).
+
+Every run directory written by ``textseg fit --test_after_fit true`` (or ``textseg test``) holds a
+``test_metrics.json`` (``{"method", "hparams", "data", "metrics"}``, written by
+:meth:`~textseg.methods.base.TextSegModule.on_test_epoch_end`); the dataset, label ratio and seed come from its
+``data`` entry, else from the run's ``split.json``, else from its ``config.yaml``.
+
+The tables follow the layout of the Semi-MedRef and TextMoE papers: one row per method (+ backbone, + the
+hyper-parameters that distinguish runs of the same cell, e.g. ablation switches), one column per dataset x label
+ratio, each cell the mean ± sample standard deviation over seeds of pooled Dice / IoU (the papers' convention) and,
+in a second table, of LViT's per-image Dice / IoU (``data.md`` §10.3), in percent, with the number of seeds. A run
+trained on composite data (TextMoE: QaTa + MosMed) contributes one cell per dataset from its per-dataset metrics
+(``test_dice_qata``, ...).
+
+Outputs in ``--out``: ``report.md``, ``results.csv`` (one row per cell, values in [0, 1]), ``runs.csv`` (one row per
+run) and ``dice_vs_ratio.png`` (pooled Dice against the label ratio, one panel per dataset, one line per row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from textseg.engine.runfiles import METRICS_FILE
+from textseg.errors import DataError
+
+__all__ = [
+    "METRICS",
+    "Cell",
+    "RunResult",
+    "aggregate",
+    "find_metric_files",
+    "load_run",
+    "main",
+    "markdown_tables",
+    "plot_dice_vs_ratio",
+    "write_report",
+]
+
+#: Metrics of a cell, as named in ``test_metrics.json`` without the ``test_`` prefix.
+METRICS: tuple[str, ...] = ("dice", "iou", "dice_per_image", "iou_per_image")
+#: File written by every test run.
+#: Model hyper-parameters that are seeds (never a row distinction).
+SEED_KEYS: frozenset[str] = frozenset({"seed", "aug_seed"})
+#: Display names of datasets (others are shown as they are).
+DATASET_TITLES: dict[str, str] = {"qata": "QaTa-COV19", "mosmed": "MosMedData+"}
+#: Column order of datasets (others follow alphabetically).
+DATASET_ORDER: tuple[str, ...] = ("qata", "mosmed")
+#: Axis labels of the metrics.
+METRIC_LABELS: dict[str, str] = {
+    "dice": "pooled Dice",
+    "iou": "pooled IoU",
+    "dice_per_image": "per-image Dice (LViT)",
+    "iou_per_image": "per-image IoU (LViT)",
+}
+#: Scale of the displayed values (percent, as in the papers).
+PERCENT = 100.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One test result of one run on one dataset.
+
+    Attributes:
+        path: The ``test_metrics.json`` file.
+        method: Method (class name without ``Module``).
+        backbone: Backbone (``"?"`` when unknown).
+        dataset: Dataset the metrics are on.
+        trained_on: Training data (``"qata+mosmed"`` for composite runs, else the dataset).
+        labeled_ratio: Label ratio.
+        seed: Data seed (``None`` when unknown).
+        hparams: Model hyper-parameters (LightningCLI's private keys removed).
+        metrics: ``dice``, ``iou``, ``dice_per_image``, ``iou_per_image`` in [0, 1].
+        mtime: Modification time of the file (the newest run wins when a seed repeats).
+    """
+
+    path: Path
+    method: str
+    backbone: str
+    dataset: str
+    trained_on: str
+    labeled_ratio: float
+    seed: int | None
+    hparams: dict[str, Any]
+    metrics: dict[str, float]
+    mtime: float
+
+
+@dataclass
+class Cell:
+    """The runs of one table cell and their statistics.
+
+    Attributes:
+        row: Row label.
+        method: Method.
+        backbone: Backbone.
+        trained_on: Training data.
+        variant: ``key=value`` pairs distinguishing the row from other rows of the same method and backbone.
+        dataset: Column dataset.
+        labeled_ratio: Column label ratio.
+        runs: The runs (one per seed).
+    """
+
+    row: str
+    method: str
+    backbone: str
+    trained_on: str
+    variant: str
+    dataset: str
+    labeled_ratio: float
+    runs: list[RunResult] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        """Number of seeds."""
+        return len(self.runs)
+
+    def mean(self, metric: str) -> float:
+        """Mean of a metric over seeds."""
+        return statistics.fmean(r.metrics[metric] for r in self.runs)
+
+    def std(self, metric: str) -> float:
+        """Sample standard deviation (n - 1) of a metric over seeds; NaN for a single seed."""
+        values = [r.metrics[metric] for r in self.runs]
+        return statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+
+
+def find_metric_files(dirs: Iterable[str | Path]) -> list[Path]:
+    """All ``test_metrics.json`` files under the given folders (or the files themselves), sorted.
+
+    Raises:
+        DataError: If a folder does not exist.
+    """
+    found: set[Path] = set()
+    for entry in dirs:
+        path = Path(entry).expanduser()
+        if path.is_file():
+            found.add(path)
+        elif path.is_dir():
+            found.update(path.rglob(METRICS_FILE))
+        else:
+            raise DataError(f"runs folder {path} does not exist")
+    return sorted(found)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} is not readable JSON: {exc}") from exc
+
+
+def _data_facts(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Dataset, label ratio and seed of a run: the record's ``data``, else ``split.json``, else ``config.yaml``."""
+    keys = ("dataset", "labeled_ratio", "seed")
+    facts: dict[str, Any] = {}
+    data = record.get("data")
+    if isinstance(data, Mapping):
+        facts.update({k: data[k] for k in keys if data.get(k) is not None})
+    split_path = path.parent / "split.json"
+    if len(facts) < len(keys) and split_path.is_file():
+        split = _read_json(split_path)
+        if isinstance(split, Mapping):
+            for k in keys:
+                if k not in facts and split.get(k) is not None:
+                    facts[k] = split[k]
+    config_path = path.parent / "config.yaml"
+    if len(facts) < len(keys) and config_path.is_file():
+        try:
+            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise DataError(f"{config_path} is not readable YAML: {exc}") from exc
+        data_cfg = config.get("data") if isinstance(config, Mapping) else None
+        if isinstance(data_cfg, Mapping):
+            for k in keys:
+                if k not in facts and data_cfg.get(k) is not None:
+                    facts[k] = data_cfg[k]
+    return facts
+
+
+def _method_name(name: str) -> str:
+    return name[: -len("Module")] if name.endswith("Module") and len(name) > len("Module") else name
+
+
+def load_run(path: str | Path) -> list[RunResult]:
+    """Read one ``test_metrics.json`` (one result per dataset; several for composite training data).
+
+    Args:
+        path: The file.
+
+    Returns:
+        The results.
+
+    Raises:
+        DataError: Naming the file if it is unreadable, lacks a metric, or its label ratio cannot be found.
+    """
+    path = Path(path)
+    record = _read_json(path)
+    if not isinstance(record, Mapping) or not isinstance(record.get("metrics"), Mapping):
+        raise DataError(f"{path}: expected an object with 'method', 'hparams' and 'metrics'")
+    hparams = {k: v for k, v in dict(record.get("hparams") or {}).items() if not str(k).startswith("_")}
+    metrics: Mapping[str, Any] = record["metrics"]
+    facts = _data_facts(path, record)
+    if "labeled_ratio" not in facts:
+        raise DataError(f"{path}: no labeled_ratio in its 'data', split.json or config.yaml")
+    dataset = facts.get("dataset", "?")
+    names = [str(d) for d in dataset] if isinstance(dataset, (list, tuple)) else [str(dataset)]
+    trained_on = "+".join(names)
+    grouped = len(names) > 1 and all(f"test_dice_{n}" in metrics for n in names)
+    targets = [(n, f"_{n}") for n in names] if grouped else [(trained_on, "")]
+    seed = facts.get("seed")
+    results = []
+    for name, postfix in targets:
+        values: dict[str, float] = {}
+        for metric in METRICS:
+            key = f"test_{metric}{postfix}"
+            if key not in metrics:
+                raise DataError(f"{path}: metric {key!r} missing (found {sorted(metrics)})")
+            values[metric] = float(metrics[key])
+        results.append(
+            RunResult(
+                path=path,
+                method=_method_name(str(record.get("method", "?"))),
+                backbone=str(hparams.get("backbone", "?")),
+                dataset=name,
+                trained_on=trained_on,
+                labeled_ratio=float(facts["labeled_ratio"]),
+                seed=int(seed) if seed is not None else None,
+                hparams=hparams,
+                metrics=values,
+                mtime=path.stat().st_mtime,
+            )
+        )
+    return results
+
+
+# -------------------------------------------------------------------------------------------------- aggregation
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def aggregate(results: Sequence[RunResult]) -> tuple[list[Cell], list[str]]:
+    """Group results into table cells.
+
+    Rows are (method, backbone, training data, variant). The variant lists the model hyper-parameters (seeds
+    excluded) whose values differ between runs of the same method, backbone, training data, dataset and label ratio,
+    so ablation runs get their own rows while settings that only change with the ratio (e.g. ``lambda_u=0`` at 100 %)
+    do not split a row. A seed seen twice in a cell keeps the newest run (a warning says which).
+
+    Args:
+        results: The runs.
+
+    Returns:
+        The cells (sorted by row, dataset, ratio) and warnings.
+    """
+    families: dict[tuple[str, str, str], list[RunResult]] = defaultdict(list)
+    for r in results:
+        families[(r.method, r.backbone, r.trained_on)].append(r)
+    cells: dict[tuple[str, str, float], Cell] = {}
+    warnings: list[str] = []
+    for (method, backbone, trained_on), runs in families.items():
+        by_cell: dict[tuple[str, float], list[RunResult]] = defaultdict(list)
+        for r in runs:
+            by_cell[(r.dataset, r.labeled_ratio)].append(r)
+        vary: set[str] = set()
+        for members in by_cell.values():
+            keys = {k for r in members for k in r.hparams} - SEED_KEYS
+            vary.update(k for k in keys if len({_canon(r.hparams.get(k)) for r in members}) > 1)
+        for r in sorted(runs, key=lambda x: x.mtime):
+            variant = ", ".join(f"{k}={_short(r.hparams.get(k))}" for k in sorted(vary))
+            row = f"{method} ({backbone})"
+            if variant:
+                row += f" [{variant}]"
+            if "+" in trained_on:
+                row += f" trained on {trained_on}"
+            key = (row, r.dataset, r.labeled_ratio)
+            cell = cells.setdefault(key, Cell(row, method, backbone, trained_on, variant, r.dataset, r.labeled_ratio))
+            same = [old for old in cell.runs if old.seed == r.seed]
+            for old in same:
+                warnings.append(f"seed {r.seed} twice in {row}, {r.dataset} {r.labeled_ratio:g}: using {r.path}")
+                cell.runs.remove(old)
+            cell.runs.append(r)
+    ordered = sorted(cells.values(), key=lambda c: (c.row, _dataset_rank(c.dataset), c.labeled_ratio))
+    return ordered, warnings
+
+
+def _dataset_rank(name: str) -> tuple[int, str]:
+    return (DATASET_ORDER.index(name), "") if name in DATASET_ORDER else (len(DATASET_ORDER), name)
+
+
+def _column_title(dataset: str, ratio: float) -> str:
+    return f"{DATASET_TITLES.get(dataset, dataset)} {ratio * PERCENT:g}%"
+
+
+def _pm(cell: Cell, metric: str) -> str:
+    mean, std = cell.mean(metric) * PERCENT, cell.std(metric) * PERCENT
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def markdown_tables(cells: Sequence[Cell]) -> str:
+    """The pooled and per-image tables in Markdown (values in percent, mean ± std over seeds, n seeds)."""
+    columns = sorted({(c.dataset, c.labeled_ratio) for c in cells}, key=lambda k: (_dataset_rank(k[0]), k[1]))
+    rows = list(dict.fromkeys(c.row for c in cells))
+    index = {(c.row, c.dataset, c.labeled_ratio): c for c in cells}
+    parts = []
+    for title, (a, b) in (
+        ("Pooled Dice / IoU (%), mean ± std over seeds", ("dice", "iou")),
+        ("Per-image Dice / IoU (%, LViT), mean ± std over seeds", ("dice_per_image", "iou_per_image")),
+    ):
+        header = "| method | " + " | ".join(_column_title(d, r) for d, r in columns) + " |"
+        lines = [f"### {title}", "", header, "|---|" + "---|" * len(columns)]
+        for row in rows:
+            values = []
+            for d, r in columns:
+                cell = index.get((row, d, r))
+                values.append("" if cell is None else f"{_pm(cell, a)} / {_pm(cell, b)} (n={cell.n})")
+            lines.append(f"| {row} | " + " | ".join(values) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------- output
+
+
+def _fmt(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.6f}"
+
+
+def write_csv(cells: Sequence[Cell], path: Path) -> Path:
+    """One row per cell: means and sample standard deviations in [0, 1], seeds and run folders."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+        keys = ["method", "backbone", "trained_on", "variant", "dataset", "labeled_ratio", "n_seeds", "seeds"]
+        writer.writerow([*keys, *stats, "runs"])
+        for c in cells:
+            values = [_fmt(f(m)) for m in METRICS for f in (c.mean, c.std)]
+            seeds = ";".join(str(r.seed) for r in c.runs)
+            runs = ";".join(str(r.path.parent) for r in c.runs)
+            facts = [c.method, c.backbone, c.trained_on, c.variant, c.dataset, f"{c.labeled_ratio:g}", c.n, seeds]
+            writer.writerow([*facts, *values, runs])
+    return path
+
+
+def write_runs_csv(cells: Sequence[Cell], path: Path) -> Path:
+    """One row per run and dataset."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["run", "row", "dataset", "labeled_ratio", "seed", *METRICS])
+        for c in cells:
+            for r in c.runs:
+                metrics = [f"{r.metrics[m]:.6f}" for m in METRICS]
+                writer.writerow([str(r.path.parent), c.row, c.dataset, f"{c.labeled_ratio:g}", r.seed, *metrics])
+    return path
+
+
+def plot_dice_vs_ratio(cells: Sequence[Cell], path: Path, metric: str = "dice") -> Path:
+    """Plot a metric (default pooled Dice, in percent) against the label ratio: one panel per dataset, one line per row.
+
+    Args:
+        cells: The cells.
+        path: PNG file to write.
+        metric: One of :data:`METRICS`.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({c.dataset for c in cells}, key=_dataset_rank)
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(5.5 * max(1, len(datasets)), 4.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=False):
+        rows = list(dict.fromkeys(c.row for c in cells if c.dataset == dataset))
+        for row in rows:
+            members = sorted((c for c in cells if c.dataset == dataset and c.row == row), key=lambda c: c.labeled_ratio)
+            x = [c.labeled_ratio * PERCENT for c in members]
+            y = [c.mean(metric) * PERCENT for c in members]
+            err = [0.0 if math.isnan(c.std(metric)) else c.std(metric) * PERCENT for c in members]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=row)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ticks = sorted({c.labeled_ratio * PERCENT for c in cells if c.dataset == dataset})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.set_xlabel("labeled data (%)")
+        ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (%)")
+        ax.set_title(DATASET_TITLES.get(dataset, dataset))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(dirs: Sequence[str | Path], out: str | Path) -> tuple[str, list[Path]]:
+    """Gather the runs under ``dirs`` and write ``report.md``, ``results.csv``, ``runs.csv`` and the plot to ``out``.
+
+    Args:
+        dirs: Run folders (searched recursively for ``test_metrics.json``).
+        out: Output folder (created).
+
+    Returns:
+        The Markdown text and the files written.
+
+    Raises:
+        DataError: If no ``test_metrics.json`` is found or a file is malformed.
+    """
+    files = find_metric_files(dirs)
+    if not files:
+        raise DataError(f"no {METRICS_FILE} under {', '.join(str(d) for d in dirs)}")
+    results = [r for f in files for r in load_run(f)]
+    cells, warnings = aggregate(results)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = f"# textseg results ({len(files)} test_metrics.json files)\n\n" + markdown_tables(cells)
+    if warnings:
+        text += "\nWarnings:\n\n" + "\n".join(f"- {w}" for w in warnings) + "\n"
+    md = out_dir / "report.md"
+    md.write_text(text, encoding="utf-8")
+    written = [
+        md,
+        write_csv(cells, out_dir / "results.csv"),
+        write_runs_csv(cells, out_dir / "runs.csv"),
+        plot_dice_vs_ratio(cells, out_dir / "dice_vs_ratio.png"),
+    ]
+    return text, written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``textseg report RUNS_DIR... [--out DIR]``.
+
+    Args:
+        argv: Arguments after ``report``.
+
+    Returns:
+        0 on success, 1 when no run was found or a file is malformed.
+    """
+    parser = argparse.ArgumentParser(
+        prog="textseg report", description="Gather test_metrics.json files into the papers' result tables."
+    )
+    parser.add_argument("runs", nargs="+", help="run folders (searched recursively) or test_metrics.json files")
+    parser.add_argument("--out", default="report", help="output folder (default: report)")
+    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        text, written = write_report(args.runs, args.out)
+    except DataError as exc:
+        print(f"textseg report: {exc}")
+        return 1
+    print(text)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0

@@ -1,0 +1,46 @@
+"""Run a Lightning command with textseg's error handling: one ``textseg: error: ...`` line instead of a traceback.
+
+Shared by ``textseg`` (:mod:`textseg.cli.main`) and ``textseg grid``'s in-process runs (:mod:`textseg.cli.grid`);
+importing it is cheap (Lightning is imported when a command runs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+#: Environment variable that makes input errors raise with their traceback (debugging).
+TRACEBACK_ENV = "TEXTSEG_TRACEBACK"
+#: Exit code of an input error (as argparse/jsonargparse usage errors).
+EXIT_INPUT_ERROR = 2
+#: Exit code of a run stopped by a non-finite loss or gradient.
+EXIT_NONFINITE = 1
+
+
+def run_guarded(args: Any, command: list[str] | None) -> None:
+    """Run LightningCLI; turn input errors and non-finite losses into one message and an exit code.
+
+    Args:
+        args: Arguments for LightningCLI (a list of strings or a dict).
+        command: The command line to record in the run card (``None`` for a dict).
+
+    Raises:
+        SystemExit: 2 for bad input (:class:`~textseg.errors.DataError`), 1 for a non-finite loss.
+    """
+    from textseg.cli.lightning import run_lightning_cli
+    from textseg.engine.guards import NonFiniteLossError
+    from textseg.errors import DataError
+
+    try:
+        run_lightning_cli(args, command)
+    except Exception as exc:
+        # A DataError raised while a DataLoader builds a sample reaches us wrapped (MONAI's "applying transform").
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, (DataError, NonFiniteLossError)):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        code = EXIT_NONFINITE if isinstance(cause, NonFiniteLossError) else EXIT_INPUT_ERROR
+        print(f"textseg: error: {cause}", file=sys.stderr)
+        raise SystemExit(code) from None

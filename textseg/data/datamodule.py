@@ -1,0 +1,356 @@
+"""The one LightningDataModule of textseg: labeled + unlabeled paired image-text batches.
+
+One dataset (QaTa-COV19, MosMedData+, or a synthetic stand-in) or several at once (TextMoE's composite X-ray + CT
+data, Zeng et al. 2025): every sample carries its ``modality`` and ``dataset`` name, the label ratio is applied to each
+dataset separately, the smaller training sets are over-sampled, and validation/test metrics are reported per dataset.
+
+Training batches are dicts ``{"labeled": {...}, "unlabeled": {...}}`` built by Lightning's
+:class:`~lightning.pytorch.utilities.combined_loader.CombinedLoader` in ``max_size_cycle`` mode; the sample keys are
+documented once in :mod:`textseg.data.transforms`. Validation and test batches are plain labeled dicts.
+
+The training order and every sample's augmentation are pure functions of ``seed``, the epoch and the sample's
+position in the epoch's draw (:mod:`textseg.data.sampling`): they do not depend on ``num_workers``, and a run resumed from a
+mid-epoch checkpoint continues with exactly the batches an uninterrupted run would have seen. Under DDP every rank
+draws the epoch's order and keeps every ``world_size``-th position of it (``rank``, ``rank + world_size``, ...), so the
+ranks' batches are disjoint and together are exactly the batches (and augmentations) of a one-process run whose batch
+sizes are ``world_size`` times larger; ``batch_size`` and ``unlabeled_batch_size`` are per process. (Lightning's
+default :class:`~torch.utils.data.DistributedSampler` would replace the labeled sampler with replacement by a plain
+partition, and yield no batch at all when a rank's share is smaller than ``batch_size``.) Validation and test loaders
+are left to Lightning's ``DistributedSampler``, which pads a split whose size is not a multiple of the world size.
+
+The labeled subset for ``labeled_ratio`` and ``seed`` is exactly Semi-MedRef's published one
+(``reference/data.md`` §6); the run writes the split it used to ``split.json`` in its log directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.combined_loader import CombinedLoader
+from torch.utils.data import DataLoader
+
+from textseg.data.base import Record, SegDataset, Split
+from textseg.data.registry import load_dataset
+from textseg.data.sampling import EpochSampler, ResumableLoader, SeededDataset, derive_seed
+from textseg.data.transforms import build_transform
+from textseg.errors import DataError
+
+#: Dataset names accepted by ``TextSegDataModule(dataset=...)``.
+DatasetName = Literal["qata", "mosmed", "synthetic", "synthetic_ct"]
+
+
+class TextSegDataModule(LightningDataModule):
+    """Paired image-text data for QaTa-COV19, MosMedData+ or the synthetic referring dataset.
+
+    Args:
+        dataset: ``"qata"``, ``"mosmed"``, ``"synthetic"`` (X-ray-like) or ``"synthetic_ct"`` (CT-like), or a list of
+            them for composite training (TextMoE: ``[qata, mosmed]``).
+        root: Dataset root (one per dataset); the layout is detected (``textseg.data``). Synthetic datasets are
+            generated there when the folder does not exist.
+        labeled_ratio: Share of each dataset's train split with masks, in (0, 1]; 1.0 uses all of it.
+        oversample: Repetitions of each dataset's train records (labeled and unlabeled) in an epoch, one integer per
+            dataset; ``None`` balances them: ``round(largest / size)`` (MosMed x3 beside QaTa, as TextMoE's code).
+        image_size: Side of the square network input (a multiple of 32).
+        batch_size: Labeled images per step (Semi-MedRef: 32).
+        unlabeled_batch_size: Unlabeled images per step; ``None`` = ``batch_size``.
+        eval_batch_size: Batch size of validation and test loaders.
+        num_workers: DataLoader workers per loader.
+        seed: Seed of the labeled split (42 reproduces Semi-MedRef) and of the sampling/augmentation streams.
+        use_unlabeled: Emit the unlabeled loader (semi-supervised methods). Without it an epoch is one pass over
+            the labeled subset; with it an epoch is one pass over the unlabeled set and the labeled set is sampled with
+            replacement to the same number of steps (Semi-MedRef, ``methods.md`` §6.6).
+        zoom_prob: Probability of the weak view's ``RandZoomd``.
+        zoom_min: Smallest zoom factor of the weak view.
+        zoom_max: Largest zoom factor of the weak view.
+        strong_brightness: Brightness jitter of the strong view.
+        strong_contrast: Contrast jitter of the strong view.
+        strong_jitter_prob: Probability of the strong view's jitter.
+        strong_blur_prob: Probability of the strong view's Gaussian blur.
+        strong_blur_sigma: Range of the blur's sigma in pixels at ``image_size`` (paper: 0.1-2.0 at 224; a run at
+            a smaller size keeps the same blur relative to the image with the range scaled by ``image_size / 224``).
+        legacy_clamp: Apply the strong jitter after the z-score (clamping to [0, 1]) as the public code does.
+        bare_side: MosMed positional-label convention for a bare "X lung" (``data.md`` §4.3).
+        check: Input validation before training: ``"full"`` reads every mask, ``"fast"`` checks files and
+            sizes only, ``"off"`` skips it.
+        synthetic_train: Synthetic train images (generation only).
+        synthetic_val: Synthetic validation images.
+        synthetic_test: Synthetic test images.
+        synthetic_image_size: Side of the generated synthetic images.
+        predict_images: Folder of images for ``textseg predict`` (default: the test split of the dataset).
+        predict_texts: CSV naming a text for every image of ``predict_images`` (``Image`` and ``text`` columns).
+        predict_modality: Modality code of the ``predict_images`` (0 = X-ray, 1 = CT).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName | list[DatasetName] = "synthetic",
+        root: str | list[str] = "data/synthetic",
+        labeled_ratio: float = 1.0,
+        oversample: list[int] | None = None,
+        image_size: int = 224,
+        batch_size: int = 32,
+        unlabeled_batch_size: int | None = None,
+        eval_batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 42,
+        use_unlabeled: bool = True,
+        zoom_prob: float = 0.1,
+        zoom_min: float = 0.95,
+        zoom_max: float = 1.2,
+        strong_brightness: float = 0.2,
+        strong_contrast: float = 0.2,
+        strong_jitter_prob: float = 0.8,
+        strong_blur_prob: float = 0.5,
+        strong_blur_sigma: tuple[float, float] = (0.1, 2.0),
+        legacy_clamp: bool = False,
+        bare_side: Literal["all", "none"] = "all",
+        check: Literal["full", "fast", "off"] = "full",
+        synthetic_train: int = 400,
+        synthetic_val: int = 100,
+        synthetic_test: int = 100,
+        synthetic_image_size: int = 128,
+        predict_images: str | None = None,
+        predict_texts: str | None = None,
+        predict_modality: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 < labeled_ratio <= 1:
+            raise DataError(f"labeled_ratio must be in (0, 1], got {labeled_ratio}")
+        if len(strong_blur_sigma) != 2 or not 0 < strong_blur_sigma[0] <= strong_blur_sigma[1]:
+            raise DataError(f"strong_blur_sigma must be a range 0 < low <= high, got {list(strong_blur_sigma)}")
+        if image_size % 32 != 0:
+            raise DataError(f"image_size must be a multiple of 32, got {image_size}")
+        names: list[str] = [dataset] if isinstance(dataset, str) else [str(d) for d in dataset]
+        roots = [root] if isinstance(root, str) else list(root)
+        if not names or len(roots) != len(names) or len(set(names)) != len(names):
+            raise DataError(f"need one root per dataset and no repeated dataset, got dataset={dataset} root={root}")
+        if (predict_images is None) != (predict_texts is None):
+            raise DataError("predict_images and predict_texts go together: give both or neither")
+        if oversample is not None and (len(oversample) != len(names) or min(oversample) < 1):
+            raise DataError(f"oversample needs one integer >= 1 per dataset {names}, got {oversample}")
+        self.save_hyperparameters()
+        self.dataset_names: list[str] = names
+        self.roots: dict[str, str] = dict(zip(names, roots, strict=True))
+        self.datas: dict[str, SegDataset] = {}
+        self.splits: dict[str, list[Record]] = {}
+        self.sources: dict[str, list[str]] = {}
+
+    @property
+    def hp(self) -> Any:
+        """The saved constructor arguments (``self.hparams``) with attribute access."""
+        return self.hparams
+
+    @property
+    def data(self) -> SegDataset | None:
+        """The dataset when there is exactly one (``None`` before ``setup`` or for composite data)."""
+        return next(iter(self.datas.values())) if len(self.datas) == 1 else None
+
+    def _load(self, name: str) -> SegDataset:
+        hp = self.hp
+        kwargs: dict[str, Any] = {}
+        if name == "mosmed":
+            kwargs["bare_side"] = hp.bare_side
+        if name.startswith("synthetic"):
+            kwargs.update(
+                n_train=hp.synthetic_train,
+                n_val=hp.synthetic_val,
+                n_test=hp.synthetic_test,
+                image_size=hp.synthetic_image_size,
+            )
+        return load_dataset(name, self.roots[name], **kwargs)  # type: ignore[arg-type]
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic datasets once (rank 0) when they do not exist yet."""
+        for name in self.dataset_names:
+            if name.startswith("synthetic"):
+                self._load(name)
+
+    def _oversample(self) -> dict[str, int]:
+        if self.hp.oversample is not None:
+            return dict(zip(self.dataset_names, self.hp.oversample, strict=True))
+        sizes = {name: len(data.records("train")) for name, data in self.datas.items()}
+        largest = max(sizes.values())
+        return {name: max(1, round(largest / max(1, n))) for name, n in sizes.items()}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the datasets, select each one's labeled subset and validate every file that will be used."""
+        if stage == "predict" and self.hp.predict_images is not None:
+            from textseg.data.folder import folder_records
+
+            hp = self.hp
+            self.splits["predict"] = folder_records(
+                hp.predict_images, hp.predict_texts, hp.predict_modality, check=hp.check
+            )
+            self.sources["predict"] = [str(hp.predict_texts) for _ in self.splits["predict"]]
+            self._check_texts(["predict"])
+            return
+        for name in self.dataset_names:
+            if name not in self.datas:
+                self.datas[name] = self._load(name)
+        parts: dict[str, list[tuple[str, Record]]] = {}
+        factors = self._oversample()
+        for name, data in self.datas.items():
+            if stage in (None, "fit"):
+                labeled, unlabeled = data.labeled_split(self.hp.labeled_ratio, self.hp.seed)
+                parts.setdefault("labeled", []).extend((name, r) for r in labeled * factors[name])
+                parts.setdefault("unlabeled", []).extend((name, r) for r in unlabeled * factors[name])
+            if stage in (None, "fit", "validate"):
+                parts.setdefault("val", []).extend((name, r) for r in data.records("val"))
+            if stage in (None, "test", "predict"):
+                parts.setdefault("test", []).extend((name, r) for r in data.records("test"))
+            if self.hp.check != "off":
+                needed: dict[str, tuple[Split, ...]] = {
+                    "fit": ("train", "val"),
+                    "validate": ("val",),
+                    "test": ("test",),
+                    "predict": ("test",),
+                }
+                data.check(needed.get(stage or "", ("train", "val", "test")), full=self.hp.check == "full")
+        for key, pairs in parts.items():
+            self.sources[key] = [n for n, _ in pairs]
+            self.splits[key] = [r for _, r in pairs]
+        self._check_texts(list(parts))
+        if stage in (None, "fit"):
+            self._write_split(factors)
+
+    def _check_texts(self, keys: list[str]) -> None:
+        """Let the attached model's text encoder refuse texts it would truncate, before anything is written."""
+        encoder = getattr(getattr(self.trainer, "lightning_module", None), "text_encoder", None)
+        check = getattr(encoder, "check_lengths", None)
+        if check is None:
+            return
+        texts: dict[str, str] = {}
+        for key in keys:
+            for name, rec in zip(self.sources[key], self.splits[key], strict=True):
+                texts.setdefault(rec.text, f"{name or 'predict'} {key} record {rec.id!r} (image {rec.image})")
+        check(texts)
+
+    def _ids(self, key: str) -> list[str]:
+        """Record ids of a split, unique ones in order; ``dataset:id`` for composite data."""
+        pairs = zip(self.sources[key], self.splits[key], strict=True)
+        ids = [f"{n}:{r.id}" if len(self.datas) > 1 else r.id for n, r in pairs]
+        return list(dict.fromkeys(ids))
+
+    def _write_split(self, factors: dict[str, int]) -> None:
+        trainer = self.trainer
+        if trainer is None or trainer.logger is None:
+            return
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, or rank 0 waits forever
+        if not trainer.is_global_zero or log_dir is None:
+            return
+        out = Path(log_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        single = len(self.datas) == 1
+        split = {
+            "dataset": self.dataset_names[0] if single else self.dataset_names,
+            "layout": next(iter(self.datas.values())).layout if single else [d.layout for d in self.datas.values()],
+            "root": str(self.roots[self.dataset_names[0]]) if single else [str(r) for r in self.roots.values()],
+            "labeled_ratio": self.hp.labeled_ratio,
+            "seed": self.hp.seed,
+            "oversample": [factors[n] for n in self.dataset_names],
+            "labeled": self._ids("labeled"),
+            "unlabeled": self._ids("unlabeled") if self.hp.use_unlabeled else [],
+            "val": self._ids("val"),
+        }
+        (out / "split.json").write_text(json.dumps(split, indent=1))
+        layouts = ", ".join(f"{n}: {d.layout}" for n, d in self.datas.items())
+        rank_zero_info(
+            f"textseg: {len(split['labeled'])} labeled / {len(self._ids('unlabeled'))} unlabeled ({layouts}); "
+            f"split written to {out / 'split.json'}"
+        )
+
+    def _world(self) -> tuple[int, int]:
+        """``(world_size, global_rank)`` of the attached trainer; ``(1, 0)`` without one."""
+        trainer = self.trainer
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+
+    def _batches_done(self) -> int:
+        """Batches the trainer has finished in the current training epoch (saved for mid-epoch resume)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(getattr(trainer.fit_loop.epoch_loop.batch_progress.current, "processed", 0))
+
+    def _sampler(self, size: int, stream: int, num_samples: int | None = None) -> EpochSampler:
+        """This process's share of the epoch's seeded draw (see :mod:`textseg.data.sampling`)."""
+        world, rank = self._world()
+        return EpochSampler(size, self.hp.seed, stream, num_samples=num_samples, num_replicas=world, rank=rank)
+
+    def _dataset(self, key: str, kind: str) -> SeededDataset:
+        hp = self.hp
+        strong = {
+            "brightness": hp.strong_brightness,
+            "contrast": hp.strong_contrast,
+            "jitter_prob": hp.strong_jitter_prob,
+            "blur_prob": hp.strong_blur_prob,
+            "blur_sigma": tuple(hp.strong_blur_sigma),
+        }
+        transform = build_transform(
+            kind, hp.image_size, hp.zoom_prob, (hp.zoom_min, hp.zoom_max), strong, hp.legacy_clamp
+        )
+        pairs = zip(self.sources[key], self.splits[key], strict=True)
+        return SeededDataset([{"record": r, "dataset": n} for n, r in pairs], transform)
+
+    def _loader(self, ds: SeededDataset, batch_size: int, stream: int, sampler: EpochSampler | None = None) -> Any:
+        """A DataLoader with its own generator (never the global RNG); a resumable one over ``sampler``."""
+        kwargs: dict[str, Any] = {
+            "batch_size": batch_size,
+            "num_workers": self.hp.num_workers,
+            "persistent_workers": self.hp.num_workers > 0,
+            "generator": torch.Generator().manual_seed(derive_seed(self.hp.seed, stream)),
+        }
+        if sampler is None:
+            return DataLoader(ds, **kwargs)
+        return ResumableLoader(
+            ds, sampler=sampler, drop_last=len(sampler) >= batch_size, progress=self._batches_done, **kwargs
+        )
+
+    def train_dataloader(self) -> CombinedLoader:
+        """Return ``CombinedLoader({"labeled": ..., "unlabeled": ...}, "max_size_cycle")``.
+
+        Batch sizes are per process. Under DDP each sampler is this rank's share of the one-process draw
+        (:class:`~textseg.data.sampling.EpochSampler`), so ``world_size`` processes with batch ``B`` see the batches, and
+        the augmentations, of one process with batch ``world_size * B``. Both loaders are resumable mid-epoch.
+
+        Raises:
+            DataError: If a training set has fewer samples than there are processes.
+        """
+        hp = self.hp
+        world, _ = self._world()
+        labeled, unlabeled = self.splits["labeled"], self.splits["unlabeled"]
+        used = {"labeled": labeled, "unlabeled": unlabeled} if hp.use_unlabeled else {"labeled": labeled}
+        for key, records in used.items():
+            if len(records) < world:
+                raise DataError(f"the {key} training set has {len(records)} samples, fewer than the {world} processes")
+        lab_ds = self._dataset("labeled", "labeled")
+        if not hp.use_unlabeled:
+            loader = self._loader(lab_ds, hp.batch_size, 1, self._sampler(len(lab_ds), 1))
+            return CombinedLoader({"labeled": loader}, "max_size_cycle")
+        ubs = hp.unlabeled_batch_size or hp.batch_size
+        steps = max(1, len(unlabeled) // world // ubs)
+        unl_ds = self._dataset("unlabeled", "unlabeled")
+        loaders = {
+            "labeled": self._loader(
+                lab_ds, hp.batch_size, 1, self._sampler(len(lab_ds), 1, num_samples=world * steps * hp.batch_size)
+            ),
+            "unlabeled": self._loader(unl_ds, ubs, 2, self._sampler(len(unl_ds), 2)),
+        }
+        return CombinedLoader(loaders, "max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader:
+        """Labeled validation loader (no augmentation)."""
+        return self._loader(self._dataset("val", "eval"), self.hp.eval_batch_size, 3)
+
+    def test_dataloader(self) -> DataLoader:
+        """Labeled test loader (no augmentation)."""
+        return self._loader(self._dataset("test", "eval"), self.hp.eval_batch_size, 4)
+
+    def predict_dataloader(self) -> DataLoader:
+        """``predict_images`` with their texts, or the test split, for ``textseg predict``."""
+        key = "predict" if "predict" in self.splits else "test"
+        return self._loader(self._dataset(key, "predict"), self.hp.eval_batch_size, 4)
