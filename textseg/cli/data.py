@@ -2,9 +2,9 @@
 
 ``textseg data check ROOT [--dataset qata|mosmed|synthetic|synthetic_ct|auto] [--fast]`` reads the root with the
 dataset readers of :mod:`textseg.data` (layout detection, text files, every image/mask/text row paired;
-``data.md`` §2-3), runs :meth:`~textseg.data.base.SegDataset.check` (readable files, binary masks, image and mask
+``docs/data.md`` §2-3), runs :meth:`~textseg.data.base.SegDataset.check` (readable files, binary masks, image and mask
 of the same size; ``--fast`` reads only the PNG headers), compares the split sizes with the canonical ones
-(QaTa-COV19 5,716 / 1,429 / 2,113, MosMedData+ 2,183 / 273 / 273; ``data.md`` §5; a difference is a warning) and
+(QaTa-COV19 5,716 / 1,429 / 2,113, MosMedData+ 2,183 / 273 / 273; ``docs/data.md`` §5; a difference is a warning) and
 prints a summary. Exit code 0 when the data is usable, 1 with the list of problems otherwise.
 
 ``textseg data synth ROOT [--n_train N] [--n_val N] [--n_test N] [--image_size S] [--seed S] [--modality xray|ct]``
@@ -28,12 +28,12 @@ from textseg.errors import DataError
 
 __all__ = ["EXPECTED_COUNTS", "PAPER_RATIOS", "CheckReport", "check_dataset", "main", "synth_dataset"]
 
-#: Canonical split sizes (``data.md`` §5).
+#: Canonical split sizes (``docs/data.md`` §5).
 EXPECTED_COUNTS: dict[str, dict[str, int]] = {
     "qata": {"train": 5716, "val": 1429, "test": 2113},
     "mosmed": {"train": 2183, "val": 273, "test": 273},
 }
-#: Label ratios of the Semi-MedRef tables, whose labeled counts the summary lists (``data.md`` §6).
+#: Label ratios of the Semi-MedRef tables, whose labeled counts the summary lists (``docs/data.md`` §6).
 PAPER_RATIOS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.15)
 #: Seed of the published labeled subsets.
 PAPER_SEED = 42

@@ -8,7 +8,7 @@ Every run directory written by ``textseg fit --test_after_fit true`` (or ``texts
 The tables follow the layout of the Semi-MedRef and TextMoE papers: one row per method (+ backbone, + the
 hyper-parameters that distinguish runs of the same cell, e.g. ablation switches), one column per dataset x label
 ratio, each cell the mean ± sample standard deviation over seeds of pooled Dice / IoU (the papers' convention) and,
-in a second table, of LViT's per-image Dice / IoU (``data.md`` §10.3), in percent, with the number of seeds. A run
+in a second table, of LViT's per-image Dice / IoU (``docs/data.md`` §10.3), in percent, with the number of seeds. A run
 trained on composite data (TextMoE: QaTa + MosMed) contributes one cell per dataset from its per-dataset metrics
 (``test_dice_qata``, ...).
 

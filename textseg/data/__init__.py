@@ -4,10 +4,10 @@
 * :class:`Record` / :class:`SegDataset` -- the records and the common interface (canonical splits,
   :meth:`SegDataset.labeled_split` reproducing Semi-MedRef's label-ratio subsets, :meth:`SegDataset.check`);
 * :func:`read_image` / :func:`read_mask` -- PNG readers in display orientation;
-* :func:`select_labeled` -- Semi-MedRef's label-ratio algorithm (``data.md`` §6);
+* :func:`select_labeled` -- Semi-MedRef's label-ratio algorithm (``docs/data.md`` §6);
 * :func:`make_synthetic` -- writes the synthetic dataset.
 
-See ``shared/reference/data.md`` for the layouts, text files, splits and conventions.
+See ``docs/data.md`` for the layouts, text files, splits and conventions.
 """
 
 from __future__ import annotations

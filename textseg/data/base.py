@@ -1,6 +1,6 @@
 """Dataset records and the common dataset interface (the registry of datasets is :mod:`textseg.data.registry`).
 
-A dataset is a list of :class:`Record` per canonical split (``data.md`` §5): QaTa-COV19 uses SGSeg's
+A dataset is a list of :class:`Record` per canonical split (``docs/data.md`` §5): QaTa-COV19 uses SGSeg's
 ``annotation.json`` split (5,716 / 1,429 / 2,113), MosMedData+ the LViT text files (2,183 / 273 / 273). All
 structural problems (missing files, rows without images, images without rows, duplicates, empty texts) are
 found when the dataset is constructed; :meth:`SegDataset.check` additionally decodes the files.
@@ -34,7 +34,7 @@ SPLITS: tuple[Split, ...] = ("train", "val", "test")
 Position = tuple[int, int, int, int, int, int]
 #: Number of lung regions of a positional label.
 NUM_REGIONS = 6
-#: Region order of a positional label (SGSeg, ``data.md`` §4.1); left/right = image side (§9).
+#: Region order of a positional label (SGSeg, ``docs/data.md`` §4.1); left/right = image side (§9).
 REGION_NAMES: tuple[str, ...] = ("L-up", "L-mid", "L-low", "R-up", "R-mid", "R-low")
 #: Problems listed in full in one :class:`DataError` message; the rest are counted.
 MAX_PROBLEMS_SHOWN = 20
@@ -49,7 +49,7 @@ class Record:
         image: Image file.
         mask: Mask file (``None`` for images to predict, which have no mask).
         text: Referring text.
-        position: Positional label ``[L-up, L-mid, L-low, R-up, R-mid, R-low]`` (image side, ``data.md`` §4).
+        position: Positional label ``[L-up, L-mid, L-low, R-up, R-mid, R-low]`` (image side, ``docs/data.md`` §4).
         modality: 0 = X-ray (QaTa-COV19), 1 = CT (MosMedData+).
         key: Name used by the label-ratio algorithm (QaTa: lower-cased mask name; MosMed: ``Image`` name).
     """
@@ -126,7 +126,7 @@ class TextPositions:
 
     Args:
         bare_side: How a side named without a level ("left lung") is read: ``"all"`` three levels or
-            ``"none"`` (``data.md`` §4.3).
+            ``"none"`` (``docs/data.md`` §4.3).
     """
 
     def __init__(self, bare_side: Literal["all", "none"] = "all") -> None:
@@ -169,7 +169,7 @@ class PendingRow:
 class RecordBuilder:
     """Pair text rows with image/mask files and collect every problem before raising.
 
-    Files are matched case-insensitively (``data.md`` §7). After all rows are added, :meth:`finish` reports
+    Files are matched case-insensitively (``docs/data.md`` §7). After all rows are added, :meth:`finish` reports
     images and masks that no row used, duplicate ids and duplicate keys.
 
     Args:
@@ -282,7 +282,7 @@ class SegDataset(abc.ABC):
         modality: 0 = X-ray, 1 = CT.
         layout: The detected on-disk layout.
         root: Dataset root.
-        rounding: Rounding of the label-ratio count (QaTa ``"round"``, MosMed ``"floor"``; ``data.md`` §6).
+        rounding: Rounding of the label-ratio count (QaTa ``"round"``, MosMed ``"floor"``; ``docs/data.md`` §6).
     """
 
     name: ClassVar[str] = ""
@@ -329,7 +329,7 @@ class SegDataset(abc.ABC):
 
     @abc.abstractmethod
     def split_names(self) -> list[str]:
-        """Names the label-ratio algorithm shuffles, in the order Semi-MedRef feeds them (``data.md`` §6)."""
+        """Names the label-ratio algorithm shuffles, in the order Semi-MedRef feeds them (``docs/data.md`` §6)."""
 
     def labeled_split(self, ratio: float, seed: int = 42) -> tuple[list[Record], list[Record]]:
         """(labeled, unlabeled) subsets of the train split, exactly Semi-MedRef's published subsets.

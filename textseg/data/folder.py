@@ -1,10 +1,10 @@
 """Records for a plain folder of images plus a CSV of referring texts (``textseg predict`` on new data).
 
 The folder holds the images (any of :data:`~textseg.data.io.IMAGE_EXTENSIONS`); the CSV names one image per row
-and its referring text. Column names and delimiters follow the public text files (``data.md`` §3): an image column
+and its referring text. Column names and delimiters follow the public text files (``docs/data.md`` §3): an image column
 ``Image``/``image`` and a text column ``Description``/``text``/``Text``, comma or semicolon separated
 (:func:`~textseg.data.io.read_text_table` detects the delimiter from the header). File names are matched
-case-insensitively (``data.md`` §7); a row naming a QaTa *mask* (``mask_X.png``, as in GuideDecoder's
+case-insensitively (``docs/data.md`` §7); a row naming a QaTa *mask* (``mask_X.png``, as in GuideDecoder's
 ``prompt/*.csv``) is matched to the image ``X.png`` when no file of that name exists.
 
 There are no masks: every :class:`~textseg.data.base.Record` has ``mask=None``. The positional label comes from
@@ -46,7 +46,7 @@ def folder_records(
         texts: CSV file with an image column (``Image``/``image``) and a text column (``Description``/``text``/
             ``Text``), comma or semicolon separated.
         modality: Modality code stored in the records (0 = X-ray, 1 = CT).
-        bare_side: Positional-label convention for a side named without a level (``data.md`` §4.3).
+        bare_side: Positional-label convention for a side named without a level (``docs/data.md`` §4.3).
         check: Validation of the image files named by the CSV: ``"full"`` decodes every image, ``"fast"`` reads the
             PNG headers only, ``"off"`` checks nothing beyond their existence.
 

@@ -4,7 +4,7 @@ Every reader raises :class:`textseg.errors.DataError` naming the file and the pr
 reported before any training starts.
 
 Orientation: arrays are returned in **display orientation** (``array[row, col]`` = image row, column), as PIL
-stores them. Left/right in the referring texts means the image's left/right half (``data.md`` §9); note that
+stores them. Left/right in the referring texts means the image's left/right half (``docs/data.md`` §9); note that
 MONAI's ``PILReader`` transposes by default, which these readers do not do.
 """
 
@@ -245,7 +245,7 @@ class DirIndex:
 
     Hidden files (``.DS_Store``...) and files whose extension is not in :data:`IMAGE_EXTENSIONS` are not
     indexed. Two files whose names differ only in case are an error, because the case-insensitive matching
-    of ``data.md`` §7 could not tell them apart.
+    of ``docs/data.md`` §7 could not tell them apart.
 
     Attributes:
         directory: The indexed directory.
@@ -371,7 +371,7 @@ def read_text_table(
 
     Handles the LViT MosMed files (``Image;text``, semicolon, unquoted, LF), Semi-MedRef's files
     (``Image,text[,pseudo_label]``, comma, quoted, CRLF, optional UTF-8 BOM) and GuideDecoder's
-    ``Image,Description`` files (``data.md`` §3). The delimiter is the one for which the header contains an
+    ``Image,Description`` files (``docs/data.md`` §3). The delimiter is the one for which the header contains an
     image column and a text column; a file whose header is not recognised under any delimiter is an error,
     so a semicolon file can never be silently split on commas (or vice versa).
 

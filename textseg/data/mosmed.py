@@ -1,6 +1,6 @@
 """MosMedData+ (Kaggle ``maedemaftouni/covid19-ct-scan-lesion-segmentation-dataset``) with LViT texts.
 
-Layouts (``data.md`` §1.2, §2), folder and file names matched case-insensitively:
+Layouts (``docs/data.md`` §1.2, §2), folder and file names matched case-insensitively:
 
 * ``"kaggle"`` -- ``frames/`` + ``masks/`` (image and mask share the file name; Semi-MedRef's layout);
 * ``"images_gts"`` -- ``Images/`` + ``GTs/``;
@@ -11,10 +11,10 @@ Text files (found at the root or in ``prompt/``, ``prompts/``, ``text/``, ``data
 ``Val_text_MosMedData+ 1(in).csv``, ``Test_text_MosMedData+(in).csv`` (``Image;text``), Semi-MedRef's comma
 versions (``Image,text[,pseudo_label]``, quoted, CRLF, BOM; ``.plabel.csv`` accepted) or GuideDecoder-style
 ``{train,val,test}.csv``. The delimiter is detected per file from the header. The three files are the
-canonical splits (2,183 / 273 / 273, ``data.md`` §5).
+canonical splits (2,183 / 273 / 273, ``docs/data.md`` §5).
 
 Positional labels are parsed from the text by :func:`textseg.ops.text.position_label` with the ``bare_side``
-convention (``data.md`` §4.3; default ``"all"`` = Semi-MedRef's ratio runs). The label-ratio split sorts the
+convention (``docs/data.md`` §4.3; default ``"all"`` = Semi-MedRef's ratio runs). The label-ratio split sorts the
 unique image names code-point-wise (case-sensitive) and uses floor rounding (§6).
 """
 
@@ -122,7 +122,7 @@ class MosMedDataPlus(SegDataset):
     Args:
         root: Dataset root (any layout of the module docstring).
         bare_side: Positional-label convention for a side named without a level (``"all"`` three levels, the
-            default used by Semi-MedRef's ratio runs, or ``"none"``; ``data.md`` §4.3).
+            default used by Semi-MedRef's ratio runs, or ``"none"``; ``docs/data.md`` §4.3).
 
     Raises:
         DataError: Missing root, unknown layout, missing/conflicting/unreadable text files, or any structural

@@ -1,6 +1,6 @@
 """QaTa-COV19 (Degerli et al., ICIP 2022) with LViT referring texts (Li et al., IEEE TMI 2023).
 
-Three on-disk layouts are detected automatically (``data.md`` §2); directory and file names are matched
+Three on-disk layouts are detected automatically (``docs/data.md`` §2); directory and file names are matched
 case-insensitively, because SGSeg lower-cases the BIMCV names while the Kaggle/LViT files keep
 ``sub-S08047_ses-E16280`` (§7):
 
@@ -13,7 +13,7 @@ case-insensitively, because SGSeg lower-cases the BIMCV names while the Kaggle/L
   ``train.csv``/``test.csv`` at the root or in ``prompt/``.
 
 For the CSV layouts train = the first ``floor(0.8 N)`` rows of ``train.csv`` and val = the rest
-(GuideDecoder's rule, identical to SGSeg's split, ``data.md`` §5); test = ``test.csv``. Positions come from an
+(GuideDecoder's rule, identical to SGSeg's split, ``docs/data.md`` §5); test = ``test.csv``. Positions come from an
 ``annotation.json`` found at the root or in ``prompt/``/``prompts/`` (SGSeg's cleaned labels), otherwise from
 :func:`textseg.ops.text.position_label` applied to the raw text.
 """
@@ -82,7 +82,7 @@ def _find_file(root: Path, dirs: Sequence[str], names: Sequence[str]) -> Path | 
 
 
 def read_annotation(path: Path) -> dict[Split, list[dict[str, Any]]]:
-    """Read and validate an SGSeg ``annotation.json`` (``data.md`` §4.1).
+    """Read and validate an SGSeg ``annotation.json`` (``docs/data.md`` §4.1).
 
     Args:
         path: The JSON file: ``{"train": [...], "valid": [...], "test": [...]}``, entries with at least

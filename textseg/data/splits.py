@@ -1,7 +1,7 @@
 """Label-ratio splits that reproduce Semi-MedRef's published labeled/unlabeled subsets exactly.
 
 Semi-MedRef (Li et al., 2026; ``aierwaixi/Semi-MedRef: scripts/prepare_splits.py`` at ``b9cd4b7``) draws the
-labeled part of the training split as follows (``shared/reference/data.md`` §6):
+labeled part of the training split as follows (``docs/data.md`` §6):
 
 1. copy the list of training names,
 2. shuffle it with a *fresh* :class:`random.Random` seeded with 42 (Python's own Mersenne Twister and
@@ -97,7 +97,7 @@ def shuffled_names(names: Sequence[str], seed: int = DEFAULT_SEED) -> list[str]:
 def select_labeled(
     names: Sequence[str], ratio: float, seed: int = DEFAULT_SEED, rounding: Rounding = "round"
 ) -> list[str]:
-    """Select the labeled names exactly as Semi-MedRef does (``data.md`` §6).
+    """Select the labeled names exactly as Semi-MedRef does (``docs/data.md`` §6).
 
     Args:
         names: Unique names in the order the algorithm receives them (QaTa: ``annotation.json`` train order;

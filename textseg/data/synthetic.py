@@ -10,7 +10,7 @@ curved rib bands, mediastinum, smooth and fine noise, random brightness/contrast
 Lesions and distractors are indistinguishable in the image, so only the text tells which opacity to segment --
 the property that makes text guidance matter (Li et al., IEEE TMI 2023; Ye et al., MICCAI 2024).
 
-Regions follow ``data.md`` §4.1/§9: six regions = image left/right half x upper/middle/lower third of the
+Regions follow ``docs/data.md`` §4.1/§9: six regions = image left/right half x upper/middle/lower third of the
 lung-field band (:func:`region_boxes`), order ``[L-up, L-mid, L-low, R-up, R-mid, R-low]``, left = image left.
 Texts are LViT-style ("Bilateral pulmonary infection, two infected areas, lower left lung and middle right
 lung."), where the count word is the number of affected sides as in most QaTa texts (§8).
@@ -74,7 +74,7 @@ META_FILE = "synthetic.json"
 GENERATOR_VERSION = 1
 #: Image sizes must be multiples of this (the networks downsample by 32).
 SIZE_MULTIPLE = 32
-#: LViT MosMed text file names per split (semicolon CSVs, ``data.md`` §2).
+#: LViT MosMed text file names per split (semicolon CSVs, ``docs/data.md`` §2).
 _CT_TEXT_FILES = {
     "train": "Train_text_MosMedData+ 1(in).csv",
     "val": "Val_text_MosMedData+ 1(in).csv",

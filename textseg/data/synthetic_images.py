@@ -2,7 +2,7 @@
 
 :func:`generate_sample` draws one image, its mask and its referring text from a :class:`SyntheticConfig`
 (:func:`qata_sized_config`, :func:`ct_config`); :mod:`textseg.data.synthetic` writes whole trees of them in the
-real on-disk layouts and reads them back. Regions follow ``data.md`` §4.1/§9 (:func:`region_boxes`).
+real on-disk layouts and reads them back. Regions follow ``docs/data.md`` §4.1/§9 (:func:`region_boxes`).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class SyntheticConfig:
 def qata_sized_config() -> SyntheticConfig:
     """The X-ray-like appearance with QaTa-sized lesions: about 6 % of the image instead of 2 %.
 
-    The seven real QaTa masks in ``shared/data`` cover 1.3-21 % of the image (mean 9 %); the default opacities are
+    The seven real QaTa example masks (``docs/data.md`` §11) cover 1.3-21 % of the image (mean 9 %); the default opacities are
     small, so T-PatchMix's lesion gate (Eq. 7 of Semi-MedRef) rarely accepts a block on them. Wider opacities fade
     out at their region box border (``opacity_edge_taper``), so the box does not show as a line.
     """

@@ -7,7 +7,7 @@ Sample keys (documented once, used everywhere):
                    unlabeled samples this is the **weak** view (teacher input).
 ``image_strong``   unlabeled samples only: the **strong** view, the same geometry as ``image`` (it is derived
                    from the weak tensor after zoom/resize) plus photometric jitter and blur applied *before* the
-                   z-score (``methods.md`` §6.2 Decision; ``legacy_clamp=True`` applies them after, as the public
+                   z-score (``docs/methods.md`` §6.2 Decision; ``legacy_clamp=True`` applies them after, as the public
                    code does).
 ``mask``           float32 ``[1, S, S]`` in {0, 1}; labeled and evaluation samples only.
 ``text``           the referring text (str).
@@ -136,7 +136,7 @@ class ZScored(MapTransform):
 
 
 class RandJitterBlurd(RandomizableTransform, MapTransform):
-    """Strong photometric view: brightness/contrast jitter then Gaussian blur (``methods.md`` §6.2).
+    """Strong photometric view: brightness/contrast jitter then Gaussian blur (``docs/methods.md`` §6.2).
 
     Reproduces torchvision's ``ColorJitter(brightness, contrast)`` (applied with probability ``jitter_prob``, the two
     operations in random order, results clipped to [0, 1]) followed by ``GaussianBlur(kernel, sigma)`` (probability
@@ -227,7 +227,7 @@ def build_transform(
 
     All pipelines: load (display orientation) and scale 0..255 to [0, 1] -> resize to ``image_size`` (bicubic for
     images, nearest for masks; then clipped to [0, 1]) unless the image has that size already. ``labeled`` and
-    ``unlabeled`` add the weak view ``RandZoomd`` (``methods.md`` §1.3); ``unlabeled`` copies the weak image to
+    ``unlabeled`` add the weak view ``RandZoomd`` (``docs/methods.md`` §1.3); ``unlabeled`` copies the weak image to
     ``image_strong`` and applies :class:`RandJitterBlurd` to it. Every image key is z-scored last (or, with
     ``legacy_clamp``, before the jitter, reproducing the public code's clamp). ``predict`` is ``eval`` without a mask.
     """

@@ -1,12 +1,14 @@
 """The thin base LightningModule of every method: networks, losses, metrics, evaluation, AdamW + cosine (§7).
 
-Subclasses implement ``training_step`` and own their teacher; run plumbing and options are in
+Subclasses implement ``training_step``; the semi-supervised ones share their EMA teacher through
+:class:`~textseg.methods.teacher.TeacherStudentModule`. Every network call goes through
+:meth:`TextSegModule.forward_batch`, which always passes the batch's modality. Run plumbing and options are in
 :class:`~textseg.methods.runtime.RunHooks`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -92,11 +94,11 @@ class TextSegModule(RunHooks):
         return {}
 
     def configure_losses(self) -> None:
-        """Build the segmentation loss (``methods.md`` §1.4)."""
+        """Build the segmentation loss (``docs/methods.md`` §1.4)."""
         self.seg_loss = build_seg_loss(self.hp.loss)
 
     def configure_metrics(self, groups: Sequence[str] = ()) -> None:
-        """Pooled and per-image Dice/IoU for validation and test (``data.md`` §10.3), per dataset in ``groups``."""
+        """Pooled and per-image Dice/IoU for validation and test (``docs/data.md`` §10.3), per dataset in ``groups``."""
         self.val_metrics = GroupedSegMetrics("val_", groups)
         self.test_metrics = GroupedSegMetrics("test_", groups)
 
@@ -126,8 +128,30 @@ class TextSegModule(RunHooks):
         extra = {"modality": modality} if getattr(net, "takes_modality", False) else {}
         return net(image, self.text_encoder(list(texts)), **extra)
 
+    def forward_batch(
+        self,
+        part: Mapping[str, Any],
+        net: nn.Module | None = None,
+        image: Tensor | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> SegOutput:
+        """Run ``net`` (default: the student) on a batch part, always with the part's modality codes.
+
+        Args:
+            part: A batch dict with ``image``, ``text`` and (optionally) ``modality`` (:mod:`textseg.data.transforms`).
+            net: The network to run (student by default; the teacher or :attr:`eval_net`).
+            image: Images to use instead of ``part["image"]`` (e.g. a mixed strong view of the same samples).
+            texts: Texts to use instead of ``part["text"]`` (e.g. augmented texts of the same samples).
+
+        Returns:
+            The network's :class:`~textseg.models.types.SegOutput`.
+        """
+        image = part["image"] if image is None else image
+        texts = part["text"] if texts is None else texts
+        return self(image, texts, net, part.get("modality"))
+
     def _evaluate(self, batch: dict[str, Any], prefix: str) -> Tensor:
-        out = self(batch["image"], batch["text"], self.eval_net, batch.get("modality"))
+        out = self.forward_batch(batch, self.eval_net)
         loss = self.seg_loss(out["logits"], batch["mask"])
         metrics = self.val_metrics if prefix == "val_" else self.test_metrics
         metrics.update(binarize_logits(out["logits"]), batch["mask"].long(), batch.get("dataset"))
@@ -142,7 +166,7 @@ class TextSegModule(RunHooks):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Return ``{"id", "text", "path", "probs"}``: sigmoid probabilities ``[B, 1, S, S]`` at network size."""
-        out = self(batch["image"], batch["text"], self.eval_net, batch.get("modality"))
+        out = self.forward_batch(batch, self.eval_net)
         keys = ("id", "text", "path")
         return {**{k: list(batch[k]) for k in keys}, "probs": torch.sigmoid(out["logits"].float())}
 
@@ -162,7 +186,7 @@ class TextSegModule(RunHooks):
             write_test_metrics(log_dir, type(self).__name__, self.hparams, data, values)
 
     def configure_optimizers(self) -> Any:
-        """AdamW on the student only, cosine annealing per epoch to ``min_lr`` (``methods.md`` §7)."""
+        """AdamW on the student only, cosine annealing per epoch to ``min_lr`` (``docs/methods.md`` §7)."""
         hp = self.hp
         params = [p for p in self.net.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)

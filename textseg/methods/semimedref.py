@@ -1,6 +1,6 @@
 """Semi-MedRef (Li et al., arXiv 2605.15720): teacher-student SSL for medical referring image segmentation.
 
-The recipe (paper §2, ``methods.md`` §6): a labeled-only burn-in, then an EMA teacher (eval mode, weak view and
+The recipe (paper §2, ``docs/methods.md`` §6): a labeled-only burn-in, then an EMA teacher (eval mode, weak view and
 untouched text) produces pseudo-masks for the unlabeled pairs; the student learns on the strong view with PosAug'd
 text and T-PatchMix, plus position-guided image-text contrastive learning (ITCL) on both branches:
 
@@ -18,14 +18,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from textseg.methods.base import TextSegModule
+from textseg.methods.teacher import TeacherStudentModule
 from textseg.models.types import SegOutput
 from textseg.ops import mixing, text_aug
-from textseg.ops.ema import EMATeacher, linear_ramp, semimedref_momentum
+from textseg.ops.ema import linear_ramp, semimedref_momentum
 from textseg.ops.losses import clip_loss, itcl_loss
 
 
-class SemiMedRefModule(TextSegModule):
+class SemiMedRefModule(TeacherStudentModule):
     """Semi-MedRef on the MMI-UNet or GuideDecoder backbone.
 
     Args:
@@ -62,7 +62,8 @@ class SemiMedRefModule(TextSegModule):
         lambda_itcl_unsup: Weight of the unlabeled ITCL term on the weak pair (0.1).
         aug_seed: Seed of the per-step mixing and text-augmentation streams (a function of this seed, the global
             step and the rank, so a resumed run draws the same). Named apart from the DataModule's ``seed``.
-        **kwargs: Base arguments (:class:`~textseg.methods.base.TextSegModule`).
+        **kwargs: Base arguments (:class:`~textseg.methods.base.TextSegModule`); the teacher, its update and the
+            per-step streams are :class:`~textseg.methods.teacher.TeacherStudentModule`'s.
     """
 
     def __init__(
@@ -100,11 +101,6 @@ class SemiMedRefModule(TextSegModule):
     ) -> None:
         super().__init__(**kwargs)
 
-    def configure_models(self) -> None:
-        """Student (base) plus the EMA teacher (``textseg.ops.ema``), which is never in the optimiser."""
-        super().configure_models()
-        self.teacher = EMATeacher(self.net) if self.hp.use_teacher else None
-
     # ----------------------------------------------------------------------------------------------- schedules
     @property
     def in_burn_in(self) -> bool:
@@ -126,7 +122,7 @@ class SemiMedRefModule(TextSegModule):
         """Eq. 5: supervised DiceCE + labeled ITCL, and after burn-in the ramped unlabeled branch."""
         hp = self.hp
         lab = batch["labeled"]
-        out = self(lab["image"], lab["text"])
+        out = self.forward_batch(lab)
         terms = {"sup": self.seg_loss(out["logits"], lab["mask"])}
         loss = terms["sup"]
         if hp.contrastive != "none" and hp.lambda_itcl_sup > 0:
@@ -153,18 +149,13 @@ class SemiMedRefModule(TextSegModule):
             return clip_loss(out["image_embed"], out["text_embed"], hp.itcl_temperature)
         return itcl_loss(out["image_embed"], out["text_embed"], positions, hp.itcl_temperature)
 
-    def _generators(self) -> tuple[torch.Generator, random.Random]:
-        """Per-step random streams: a function of (seed, global step, rank) only, hence resume-safe."""
-        s = (self.hp.aug_seed * 1_000_003 + self.global_step) * 64 + self.global_rank
-        return torch.Generator().manual_seed(s), random.Random(s)
-
     def _unlabeled_terms(self, unl: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Teacher pseudo-labels on the weak view, student on the strong, mixed, re-phrased view (Eqs. 3-4, 6-8)."""
         hp = self.hp
         assert self.teacher is not None
-        gen, rng = self._generators()
+        gen, rng = self.step_generators()
         with torch.no_grad():
-            probs = torch.sigmoid(self(unl["image"], unl["text"], self.teacher)["logits"].float())
+            probs = torch.sigmoid(self.forward_batch(unl, self.teacher)["logits"].float())
         image = unl["image_strong"] if hp.image_strong else unl["image"]
         texts = [self._augment_text(t, rng) for t in unl["text"]]
         target = mixing.pseudo_label(probs, hp.confidence, hp.pseudo_label, hp.soft_temperature)
@@ -173,10 +164,10 @@ class SemiMedRefModule(TextSegModule):
             image, target, texts, stats["mix_accept_ratio"] = self._mix(image, probs, target, texts, gen)
         if hp.spc:
             image, target, texts = self._spc(image, target, texts, gen)
-        student = self(image, texts)
+        student = self.forward_batch(unl, image=image, texts=texts)
         terms = {"unsup": self.seg_loss(student["logits"], target.to(student["logits"].dtype))}
         if hp.contrastive != "none" and hp.lambda_itcl_unsup > 0:
-            terms["itcl_unsup"] = self._contrastive(self(unl["image"], unl["text"]), unl["position"])
+            terms["itcl_unsup"] = self._contrastive(self.forward_batch(unl), unl["position"])
         return terms, stats
 
     def _augment_text(self, caption: str, rng: random.Random) -> str:
@@ -238,9 +229,3 @@ class SemiMedRefModule(TextSegModule):
         image[idx], target[idx] = image[idx].flip(-1), target[idx].flip(-1)
         texts = [text_aug.swap_left_right(t) if f else t for t, f in zip(texts, flip.tolist(), strict=True)]
         return image, target, texts
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Step the optimiser, then update the teacher: exactly once per optimiser step (accumulation-safe)."""
-        super().optimizer_step(*args, **kwargs)
-        if self.teacher is not None:
-            self.teacher.update(self.net, self.momentum_now())

@@ -22,7 +22,7 @@ class SupervisedModule(TextSegModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One step of L_sup = DiceCE(f(I, T), Y) on the labeled batch."""
         lab = batch["labeled"]
-        out = self(lab["image"], lab["text"])
+        out = self.forward_batch(lab)
         loss = self.seg_loss(out["logits"], lab["mask"])
         self.log("train_loss_sup", loss, batch_size=len(lab["text"]))
         self.log("train_loss", loss, batch_size=len(lab["text"]), prog_bar=True)

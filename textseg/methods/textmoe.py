@@ -1,7 +1,7 @@
 """TextMoE (Zeng et al., MICCAI 2025): one model for composite X-ray + CT data.
 
 "Exploring Text-enhanced Mixture-of-Experts for Semi-supervised Medical Image Segmentation with Composite Data".
-The recipe (paper §2, ``methods.md`` §5): a text-assisted Mixture-of-Experts decoder whose gate sees the modality
+The recipe (paper §2, ``docs/methods.md`` §5): a text-assisted Mixture-of-Experts decoder whose gate sees the modality
 indicator (Eqs. 1-4), a mean teacher whose hard pseudo-labels supervise the unlabeled pairs, content
 regularisation by frequency-space exchange between unlabeled images of different modalities (Eqs. 6-7: teacher on
 the original image, student on the exchanged one), and a differential loss that keeps the two visual experts apart
@@ -21,8 +21,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from textseg.methods.base import TextSegModule
-from textseg.ops.ema import EMATeacher, textmoe_momentum
+from textseg.methods.teacher import TeacherStudentModule
+from textseg.ops.ema import textmoe_momentum
 from textseg.ops.frequency import frequency_exchange
 from textseg.ops.losses import differential_loss
 from textseg.ops.mixing import confident_fraction
@@ -31,7 +31,7 @@ from textseg.ops.mixing import confident_fraction
 MODALITY_NAMES = ("xray", "ct")
 
 
-class TextMoEModule(TextSegModule):
+class TextMoEModule(TeacherStudentModule):
     """TextMoE: TMoE (or Plain-MoE) decoder, mean teacher, frequency exchange and the differential loss.
 
     Args:
@@ -84,9 +84,8 @@ class TextMoEModule(TextSegModule):
         return {"moe_expert": self.hp.expert, "num_experts": self.hp.num_experts}
 
     def configure_models(self) -> None:
-        """Frozen text encoder, the TextMoE student (base) and its EMA teacher (never in the optimiser)."""
+        """Frozen text encoder, the TextMoE student and its EMA teacher (base), and the stage's first step."""
         super().configure_models()
-        self.teacher = EMATeacher(self.net) if self.hp.use_teacher else None
         self.stage_start_step: Tensor
         self.register_buffer("stage_start_step", torch.zeros((), dtype=torch.long))
 
@@ -115,7 +114,7 @@ class TextMoEModule(TextSegModule):
         if semi:
             assert self.teacher is not None and unl is not None
             with torch.no_grad():  # teacher on the original (un-exchanged) view, Eq. 6
-                probs = torch.sigmoid(self(unl["image"], unl["text"], self.teacher, unl["modality"])["logits"].float())
+                probs = torch.sigmoid(self.forward_batch(unl, self.teacher)["logits"].float())
             pseudo = (probs >= hp.pseudo_threshold).float()
             stats["confident_ratio"] = confident_fraction(probs, max(hp.pseudo_threshold, 1 - hp.pseudo_threshold))
             stats["pseudo_fg_ratio"] = pseudo.mean()
@@ -124,7 +123,7 @@ class TextMoEModule(TextSegModule):
             texts += list(unl["text"])
         if semi and hp.exchange_mode != "none":
             image, stats["exchange_ratio"] = self._exchange(image, modality, n_lab)
-        out = self(image, texts, modality=modality)
+        out = self.forward_batch({"image": image, "text": texts, "modality": modality})
         logits = out["logits"]
         terms = {"sup": self.seg_loss(logits[:n_lab], lab["mask"])}
         loss = terms["sup"]
@@ -140,13 +139,12 @@ class TextMoEModule(TextSegModule):
     def _exchange(self, image: Tensor, modality: Tensor, n_lab: int) -> tuple[Tensor, Tensor]:
         """Frequency-space exchange of the unlabeled part of the batch (Eq. 7); returns the share exchanged."""
         hp = self.hp
-        seed = (hp.aug_seed * 1_000_003 + self.global_step) * 64 + self.global_rank
         exchangeable = torch.arange(image.shape[0], device=image.device) >= n_lab
         result = frequency_exchange(
             image,
             modality.long(),
             exchangeable,
-            torch.Generator().manual_seed(seed),
+            self.step_generators()[0],
             beta=hp.exchange_beta,
             mode=hp.exchange_mode,
             legacy_radius=hp.exchange_radius,
@@ -174,9 +172,3 @@ class TextMoEModule(TextSegModule):
                 logs["train_expert_similarity"] = terms["diff"].detach()
         self.log_dict(logs, batch_size=n)
         self.log("train_loss", loss, batch_size=n, prog_bar=True)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Step the optimiser, then update the teacher once per optimiser step (``methods.md`` §5.2 Decision)."""
-        super().optimizer_step(*args, **kwargs)
-        if self.teacher is not None:
-            self.teacher.update(self.net, self.momentum_now())

@@ -1,11 +1,11 @@
-"""GuideDecoder network of LanGuideMedSeg (Zhong et al., "Ariadne's Thread", MICCAI 2023; ``methods.md`` §2).
+"""GuideDecoder network of LanGuideMedSeg (Zhong et al., "Ariadne's Thread", MICCAI 2023; ``docs/methods.md`` §2).
 
 A ConvNeXt encoder gives four stage features (strides 4/8/16/32). Three guide stages act on the *deeper*
 feature before each U-Net up-block: a :class:`GuideDecoderLayer` (self-attention over the visual tokens, then
 cross-attention to a per-layer projection of the frozen text states, scaled by a learnable alpha) followed by
 a MONAI ``UnetrUpBlock`` that upsamples x2 and fuses the next-shallower skip. A MONAI ``SubpixelUpsample`` x4
 and a 1x1 conv give logits at the input resolution. The ITCL heads of Semi-MedRef (Li et al., Eq. 9;
-``methods.md`` §6.5) project the HF ConvNeXt ``pooler_output`` and the pooled text features.
+``docs/methods.md`` §6.5) project the HF ConvNeXt ``pooler_output`` and the pooled text features.
 
 Spatial sizes are read from the tensors (the reference code hard-codes 7/14/28/56), so any input side that is
 a multiple of 32 works, including non-square images.
@@ -33,7 +33,7 @@ __all__ = ["GuideDecoder", "GuideDecoderCore", "GuideDecoderLayer"]
 
 
 class GuideDecoderLayer(nn.Module):
-    """One guide layer (Zhong et al., 2023, Fig. 1 "GuideDecoder"; ``methods.md`` §2 steps 1-4).
+    """One guide layer (Zhong et al., 2023, Fig. 1 "GuideDecoder"; ``docs/methods.md`` §2 steps 1-4).
 
     1. Text projection: a 1x1 ``Conv1d`` over the token axis (``input_text_len`` -> ``output_text_len``),
        GELU, ``Linear`` d_t -> C, LeakyReLU, giving ``[B, L_out, C]``. With a padding mask the padded token
@@ -125,7 +125,7 @@ class GuideDecoder(nn.Module):
     """One decoder stage: :class:`GuideDecoderLayer` on the deeper feature, then MONAI ``UnetrUpBlock``.
 
     ``UnetrUpBlock(2D, C_in -> C_out, kernel 3, upsample kernel 2, norm BATCH, res_block=False)``: ConvT 2x2
-    s2, concatenation of the skip, 2 x [conv3x3 -> BN -> LeakyReLU] (``methods.md`` §2).
+    s2, concatenation of the skip, 2 x [conv3x3 -> BN -> LeakyReLU] (``docs/methods.md`` §2).
 
     Args:
         in_channels: Channels of the deeper feature.
@@ -186,16 +186,16 @@ class GuideDecoderCore(nn.Module):
     Consumes an image and the frozen text encoder's :class:`TextFeatures` and returns a :class:`SegOutput`:
 
     * ``logits`` ``[B, 1, H, W]``;
-    * ``image_embed = Linear(pooler_output)`` (HF ConvNeXt final LN of the spatial mean; ``methods.md`` §6.5);
+    * ``image_embed = Linear(pooler_output)`` (HF ConvNeXt final LN of the spatial mean; ``docs/methods.md`` §6.5);
     * ``text_embed = TextProjectionHead(text.pooled)`` (Linear d_t->D, LN, GELU, Linear D->D).
 
     Parameter count with ConvNeXt-T, d_t = 768, D = 768: encoder 27.82 M + decoder and head 14.36 M = 42.18 M,
-    plus 1.77 M for the two ITCL heads (image 0.59 M, text 1.18 M) = 43.95 M trainable (``methods.md`` §2).
+    plus 1.77 M for the two ITCL heads (image 0.59 M, text 1.18 M) = 43.95 M trainable (``docs/methods.md`` §2).
 
     Args:
         vision: ConvNeXt encoder (four stages; see :func:`textseg.models.encoders.build_vision_encoder`).
         text_dim: Text hidden size d_t (``TextEncoder.hidden_size``).
-        alpha_init: Initial alpha of the three guide layers (``methods.md`` §2 Decision: 0.01).
+        alpha_init: Initial alpha of the three guide layers (``docs/methods.md`` §2 Decision: 0.01).
         project_dim: ITCL embedding size D (768).
         text_lengths: Projected text lengths of the 16x / 8x / 4x guide stages.
         use_padding_mask: Zero padded token states before the text projections (textseg default) or attend to

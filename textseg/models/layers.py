@@ -2,14 +2,14 @@
 
 * :func:`sinusoidal_table` / :class:`SinusoidalPositionalEncoding` -- the 1-D sinusoidal positional encoding
   of Vaswani et al. (2017, Sec. 3.5) used by GuideDecoder (Zhong et al., MICCAI 2023) on the row-major
-  flattened visual tokens and on the projected text tokens (``methods.md`` §2), and by the TextMoE experts
+  flattened visual tokens and on the projected text tokens (``docs/methods.md`` §2), and by the TextMoE experts
   (§4).
 * :class:`ImageProjectionHead` / :class:`TextProjectionHead` -- the ITCL ("PACL") projection heads of
-  Semi-MedRef (Li et al., Eq. 9; ``methods.md`` §6.5 and §1.2).
+  Semi-MedRef (Li et al., Eq. 9; ``docs/methods.md`` §6.5 and §1.2).
 * :class:`SubpixelSegHead` -- MONAI ``SubpixelUpsample`` (x4) followed by a 1x1 ``UnetOutBlock``, the output
-  head of GuideDecoder, MMI-UNet and TextMoE (``methods.md`` §2-§4); it returns logits.
+  head of GuideDecoder, MMI-UNet and TextMoE (``docs/methods.md`` §2-§4); it returns logits.
 * :func:`repeat_to_channels` -- repeats a 1-channel image to the channel count the vision encoder expects
-  (``methods.md`` §1.3).
+  (``docs/methods.md`` §1.3).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class SinusoidalPositionalEncoding(nn.Module):
 class TextProjectionHead(nn.Module):
     """ITCL text projection head: Linear d_t->D, LayerNorm, GELU, Linear D->D.
 
-    ``BERTModel.project_head`` of the GuideDecoder / MMI-UNet / Semi-MedRef code (``methods.md`` §1.2, §6.5),
+    ``BERTModel.project_head`` of the GuideDecoder / MMI-UNet / Semi-MedRef code (``docs/methods.md`` §1.2, §6.5),
     applied to :attr:`textseg.models.types.TextFeatures.pooled`.
 
     Args:
@@ -133,7 +133,7 @@ class TextProjectionHead(nn.Module):
 class ImageProjectionHead(nn.Module):
     """ITCL image projection head: (global average pool) -> Linear C->D -> (LayerNorm).
 
-    * GuideDecoder: ``Linear`` on the HF ConvNeXt ``pooler_output`` (``layer_norm=False``; ``methods.md``
+    * GuideDecoder: ``Linear`` on the HF ConvNeXt ``pooler_output`` (``layer_norm=False``; ``docs/methods.md``
       §6.5).
     * MMI-UNet: GAP of the stage-4 ITM visual output, ``Linear``, ``LayerNorm`` (``layer_norm=True``).
 
@@ -162,7 +162,7 @@ class SubpixelSegHead(nn.Module):
     """Output head: MONAI ``SubpixelUpsample`` followed by a 1x1 ``UnetOutBlock``; returns logits.
 
     ``SubpixelUpsample(2D, C->mid, scale)`` is a 3x3 conv C->mid*scale^2 (ICNR init), PixelShuffle(scale), a
-    zero pad of ``scale - 1`` on top/left and a ``scale`` x ``scale`` stride-1 average pool (``methods.md``
+    zero pad of ``scale - 1`` on top/left and a ``scale`` x ``scale`` stride-1 average pool (``docs/methods.md``
     §2); the reference code then applies a 1x1 conv mid->1 and a sigmoid, which textseg leaves to the loss.
 
     Args:
@@ -191,7 +191,7 @@ class SubpixelSegHead(nn.Module):
 
 
 def repeat_to_channels(image: Tensor, channels: int = 3) -> Tensor:
-    """Repeat a 1-channel image batch ``[B, 1, H, W]`` to ``channels`` channels (``methods.md`` §1.3).
+    """Repeat a 1-channel image batch ``[B, 1, H, W]`` to ``channels`` channels (``docs/methods.md`` §1.3).
 
     Args:
         image: ``[B, 1, H, W]`` or ``[B, channels, H, W]``.

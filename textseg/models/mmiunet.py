@@ -1,11 +1,11 @@
 """MMI-UNet core: ConvNeXt encoder with image-text interaction modules (ITM) and a plain U-Net decoder.
 
 Implements ``MMIUNet_V2`` of Bui et al., "MMI-UNet: Multi-modal interaction U-Net for text-guided medical
-image segmentation", MICCAI 2024 (public code ``nguyenpbui/MMI-UNet``), as specified in ``methods.md`` §3, on
-top of a Hugging Face :class:`transformers.ConvNextModel` (``methods.md`` §1.1), plus the ITCL projection
-heads of Semi-MedRef (``methods.md`` §6.5).
+image segmentation", MICCAI 2024 (public code ``nguyenpbui/MMI-UNet``), as specified in ``docs/methods.md`` §3, on
+top of a Hugging Face :class:`transformers.ConvNextModel` (``docs/methods.md`` §1.1), plus the ITCL projection
+heads of Semi-MedRef (``docs/methods.md`` §6.5).
 
-Data flow (``methods.md`` §3, paper Fig. (a)-(b)). Let ``T0`` be the text token states ``[B, L, d_t]``. For
+Data flow (``docs/methods.md`` §3, paper Fig. (a)-(b)). Let ``T0`` be the text token states ``[B, L, d_t]``. For
 stage ``k = 1..4``:
 
 * ``x_k`` = ConvNeXt stage ``k`` (with its own downsampling for ``k > 1``) applied to the stem output
@@ -20,9 +20,9 @@ Deviations from the public code, all switchable:
 
 * ``use_padding_mask`` (default ``True``): key-padding masks from :attr:`TextFeatures.mask` are applied
   wherever text tokens are attention keys (vision-branch cross-attention and text-branch self-attention).
-  ``False`` reproduces the code, which attends to padded tokens (``methods.md`` §1.2, §8 item 2).
+  ``False`` reproduces the code, which attends to padded tokens (``docs/methods.md`` §1.2, §8 item 2).
 * ``use_eca`` (default ``False``, as the trained code): Efficient Channel Attention on the ITM skip of every
-  decoder block, as drawn in the paper's Fig. (c) (``methods.md`` §3 "ECA", §8 item 13).
+  decoder block, as drawn in the paper's Fig. (c) (``docs/methods.md`` §3 "ECA", §8 item 13).
 
 Spatial sizes are derived from tensor shapes (the public code hard-codes 7/14/28/56), so any input whose sides
 are multiples of 32 and at least 64 works. Sub-module names follow the public code (``zoom_in``, ``fusion_v``,
@@ -52,12 +52,12 @@ __all__ = [
 NUM_STAGES = 4
 #: Spatial factor of every ConvNeXt downsampling layer, of the ITM zoom-in/out and of each decoder block.
 STAGE_STRIDE = 2
-#: Standard deviation of the normal initialisation of the ITM linear layers (``methods.md`` §3 "Init").
+#: Standard deviation of the normal initialisation of the ITM linear layers (``docs/methods.md`` §3 "Init").
 ITM_LINEAR_INIT_STD = 0.02
 
 
 class Interactor(nn.Module):
-    """Post-norm DETR-style decoder layer, the "Interactor" of the MMI-UNet ITM (``methods.md`` §3).
+    """Post-norm DETR-style decoder layer, the "Interactor" of the MMI-UNet ITM (``docs/methods.md`` §3).
 
     ``tgt = LN1(tgt + Drop(SelfAttn(tgt)))``; ``tgt = LN2(tgt + Drop(CrossAttn(tgt, memory)))``;
     ``tgt = LN3(tgt + Drop(Linear2(Drop(ReLU(Linear1(tgt))))))``. No positional embeddings. Tensors are
@@ -112,7 +112,7 @@ class Interactor(nn.Module):
 
 
 class ImageTextModule(nn.Module):
-    """Image-text interaction module (ITM, "Bridger" in the public code) of one stage (``methods.md`` §3).
+    """Image-text interaction module (ITM, "Bridger" in the public code) of one stage (``docs/methods.md`` §3).
 
     Visual stream: 2x2 stride-2 conv (no bias) ``C -> C``, flatten, LN. Text stream: Linear ``d_t -> C``, LN.
     Two :class:`Interactor` layers run in parallel on the same normalised inputs: the vision branch (target
@@ -182,7 +182,7 @@ class EfficientChannelAttention(nn.Module):
 
     ``x * sigmoid(Conv1d_k(GAP(x)))`` where the 1-D convolution (no bias) runs over the channel axis.
     MMI-UNet's paper Fig. (c) applies it to the ITM skip of each decoder block; the trained code does not
-    (``methods.md`` §3).
+    (``docs/methods.md`` §3).
 
     Args:
         kernel_size: Odd size of the 1-D convolution across channels (3 in the public code).
@@ -209,7 +209,7 @@ class EfficientChannelAttention(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Plain MMI-UNet decoder block (``Decoder`` in the public code, ``methods.md`` §3).
+    """Plain MMI-UNet decoder block (``Decoder`` in the public code, ``docs/methods.md`` §3).
 
     ``ConvT 2x2 s2 (bias) in -> out``; concatenate the (optionally ECA-weighted) skip; ``conv3x3 (bias)
     2*out -> out -> BN -> ReLU``.
@@ -246,7 +246,7 @@ class UpBlock(nn.Module):
 
 
 class MMIUNetCore(nn.Module):
-    """Trainable core of MMI-UNet (``MMIUNet_V2``, ``methods.md`` §3) with ITCL heads (``methods.md`` §6.5).
+    """Trainable core of MMI-UNet (``MMIUNet_V2``, ``docs/methods.md`` §3) with ITCL heads (``docs/methods.md`` §6.5).
 
     Consumes an image and precomputed frozen-text features and returns segmentation logits plus the ITCL image
     and text embeddings. The ConvNeXt is driven stage by stage (``vision.embeddings``, then
@@ -342,7 +342,7 @@ class MMIUNetCore(nn.Module):
         )
 
     def parameter_breakdown(self) -> dict[str, int]:
-        """Count parameters per part, for comparison with ``methods.md`` §3.
+        """Count parameters per part, for comparison with ``docs/methods.md`` §3.
 
         Returns:
             Counts for ``backbone`` (the whole ConvNeXt, unused final LN included), ``itm_1`` .. ``itm_4``,

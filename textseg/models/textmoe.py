@@ -1,13 +1,13 @@
 """TextMoE network: ConvNeXt encoder + text-assisted Mixture-of-Experts U-Net decoder.
 
 Zeng et al., "Exploring Text-enhanced Mixture-of-Experts for Semi-supervised Medical Image Segmentation with
-Composite Data", MICCAI 2025, Sec. 2.2 (Eqs. 1-4); ``methods.md`` §4.
+Composite Data", MICCAI 2025, Sec. 2.2 (Eqs. 1-4); ``docs/methods.md`` §4.
 
 A ConvNeXt encoder gives four stage features (strides 4/8/16/32). Three U-Net up-blocks (32 -> 16 -> 8 -> 4)
 each upsample the deeper feature with a 2x2 stride-2 transposed conv, concatenate the skip, and apply two
 :class:`MoELayer` (each followed by BatchNorm and ReLU) in place of the usual two 3x3 convs, six MoE layers in
 all. A MONAI ``SubpixelUpsample`` x4 and a 1x1 conv give **one** channel of logits at the input resolution
-(``methods.md`` §4 Decision; the public code's 3 replicated sigmoid channels are an artefact).
+(``docs/methods.md`` §4 Decision; the public code's 3 replicated sigmoid channels are an artefact).
 
 One MoE layer (``expert="tmoe"``, the paper's TMoE and the public code):
 
@@ -21,7 +21,7 @@ One MoE layer (``expert="tmoe"``, the paper's TMoE and the public code):
 
 ``expert="plain"`` is the Plain-MoE of the paper's ablation (Table 2, row 2), which "fuses visual and textual
 features element-wise" (citing LIMoE). Neither the paper nor the code states the operator; textseg uses
-(``methods.md`` §9 "Plain-MoE operator"): ``expert_e = conv3x3_e(x) * u[:, :, None, None]`` with
+(``docs/methods.md`` §9 "Plain-MoE operator"): ``expert_e = conv3x3_e(x) * u[:, :, None, None]`` with
 ``u = Linear(d_t -> C)(TextFeatures.pooled)`` one per layer, i.e. an element-wise (Hadamard) product of each
 expert's visual map with the projected pooled text, broadcast over space, and no cross-attention. The gate is
 the same as in TMoE.
@@ -180,7 +180,7 @@ class MoELayer(nn.Module):
 
 
 class MoEDecoderBlock(nn.Module):
-    """U-Net up-block with two MoE layers (``methods.md`` §4 table).
+    """U-Net up-block with two MoE layers (``docs/methods.md`` §4 table).
 
     ``ConvTranspose2d(C_deep -> C_skip, 2, stride 2, bias)``, concatenation ``[up || skip]``, then
     ``MoE-1 (2 C_skip -> C_skip) -> BN -> ReLU -> MoE-2 (C_skip -> C_skip) -> BN -> ReLU``.
@@ -220,7 +220,7 @@ class MoEDecoderBlock(nn.Module):
 
 
 class TextMoECore(nn.Module):
-    """TextMoE network core: trainable ConvNeXt + three MoE up-blocks + subpixel head (``methods.md`` §4).
+    """TextMoE network core: trainable ConvNeXt + three MoE up-blocks + subpixel head (``docs/methods.md`` §4).
 
     Returns a :class:`SegOutput` with ``logits [B, 1, H, W]``, ``experts`` (six ``[B, E, C, h, w]`` tensors,
     in decoder order: block 1 MoE-1, MoE-2, block 2 ..., at strides 16/16/8/8/4/4) and ``gates [B, 6, E]``.
@@ -241,7 +241,7 @@ class TextMoECore(nn.Module):
         scale_init: Initial layer scale s of the TMoE experts (1.421).
         leaky_slope: Negative slope of the text expert's LeakyReLU (0.1).
         use_padding_mask: Pass :attr:`TextFeatures.mask` as key-padding mask to the cross-attention
-            (textseg default, ``methods.md`` §1.2) or attend to padded tokens like the public code.
+            (textseg default, ``docs/methods.md`` §1.2) or attend to padded tokens like the public code.
         head_channels: Channels after the x4 pixel shuffle of the head (24).
         text_pe_max_len: Precomputed positions of the text PE (24; extended on demand).
         vis_pe_max_len: Precomputed positions of the visual PE (5000; extended on demand).

@@ -25,9 +25,9 @@ class TextFeatures:
     Attributes:
         tokens: Last-layer token states ``[B, L, d_t]`` (``hidden_states[-1]``), L = ``max_length`` (24).
         mask: Key-padding information ``[B, L]`` (bool, ``True`` = real token). When padding masks are
-            switched off (faithful reproduction, ``methods.md`` §1.2) it is all ``True``.
+            switched off (faithful reproduction, ``docs/methods.md`` §1.2) it is all ``True``.
         pooled: ``[B, d_t]`` mean of ``hidden_states[1]``, ``[2]`` and ``[-1]`` over the tokens allowed by
-            ``mask``; the input of the ITCL text projection head (``methods.md`` §6.5).
+            ``mask``; the input of the ITCL text projection head (``docs/methods.md`` §6.5).
     """
 
     tokens: Tensor
@@ -46,7 +46,7 @@ class SegOutput(TypedDict):
             cores only (TextMoE has no ITCL heads).
         text_embed: ITCL text embedding ``[B, D]`` (projected, not normalised). GuideDecoder and MMI-UNet
             cores only.
-        experts: TextMoE only (Zeng et al., MICCAI 2025; ``methods.md`` §4): one tensor per MoE layer, in
+        experts: TextMoE only (Zeng et al., MICCAI 2025; ``docs/methods.md`` §4): one tensor per MoE layer, in
             decoder order, each ``[B, E, C, H, W]`` -- the stacked outputs of the E gated visual experts of
             that layer (C and H x W of the layer's output), the input of the differential loss (Eq. 8).
         gates: TextMoE only: ``[B, L, E]`` softmax gate weights of the L MoE layers (Eq. 3), in the same order

@@ -1,7 +1,7 @@
 """Region boxes and block samplers of T-PatchMix (Semi-MedRef, Li et al., Sec. 2.3) and the CutMix baseline.
 
 * :func:`region_box` / :func:`position_boxes` -- the coarse lung region named by a positional phrase (image sides in
-  display orientation, ``data.md`` Sec. 9; vertical thirds);
+  display orientation, ``docs/data.md`` Sec. 9; vertical thirds);
 * :func:`sample_box_blocks` -- the paper's position-constrained blocks (``pos``);
 * :func:`sample_prob_blocks` -- probability-driven blocks (``prob``);
 * :func:`sample_random_blocks` -- blocks anywhere (``random``);
@@ -23,7 +23,7 @@ from torch import Tensor
 from textseg.errors import DataError
 from textseg.ops import text_aug
 
-#: Horizontal halves, image sides in display orientation (``data.md`` Sec. 9).
+#: Horizontal halves, image sides in display orientation (``docs/data.md`` Sec. 9).
 SIDES: tuple[str, str] = ("left", "right")
 #: Vertical thirds, top to bottom.
 LEVELS: tuple[str, str, str] = ("upper", "middle", "lower")
@@ -76,7 +76,7 @@ def _float_dtype(t: Tensor) -> torch.dtype:
 def region_box(
     side: Literal["left", "right"], levels: Sequence[str], height: int, width: int
 ) -> tuple[int, int, int, int]:
-    """Coarse lung region of a positional phrase as a pixel box (``methods.md`` Sec. 6.4, step 2).
+    """Coarse lung region of a positional phrase as a pixel box (``docs/methods.md`` Sec. 6.4, step 2).
 
     Image-side display convention: "left" -> columns ``[0, W // 2)``, "right" -> ``[W // 2, W)``;
     "upper", "middle", "lower" -> rows ``[0, H // 3)``, ``[H // 3, 2H // 3)``, ``[2H // 3, H)``. Several
@@ -158,7 +158,7 @@ def _place(lo: Tensor, hi: Tensor, size: int, u: Tensor) -> tuple[Tensor, Tensor
 
 
 def position_boxes(texts: Sequence[str], perm: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """Region boxes of position-constrained T-PatchMix and where mixing is allowed (``methods.md`` Sec. 6.4 step 2).
+    """Region boxes of position-constrained T-PatchMix and where mixing is allowed (``docs/methods.md`` Sec. 6.4 step 2).
 
     Sample i's box is the region of the first positional phrase of its (student) text (:func:`region_box`). Mixing
     is disabled where that text has no phrase, or where the partner ``j = perm[i]`` names the other side
@@ -192,7 +192,7 @@ def sample_box_blocks(
     generator: torch.Generator,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Position-constrained T-PatchMix masks (Sec. 2.3 "(i)", ``methods.md`` Sec. 6.4 step 3).
+    """Position-constrained T-PatchMix masks (Sec. 2.3 "(i)", ``docs/methods.md`` Sec. 6.4 step 3).
 
     For every sample, with probability ``prob`` and only where ``allowed``, one ``block x block`` square is
     placed uniformly at random inside the sample's box (every fitting integer position equally likely). If the
@@ -280,7 +280,7 @@ def sample_random_blocks(
 def sample_prob_blocks(
     probs_partner: Tensor, threshold: float, block: int, prob: float, generator: torch.Generator
 ) -> Tensor:
-    """Probability-driven T-PatchMix masks (Sec. 2.3 "(ii)", ``methods.md`` Sec. 6.4 mode ``prob``).
+    """Probability-driven T-PatchMix masks (Sec. 2.3 "(ii)", ``docs/methods.md`` Sec. 6.4 mode ``prob``).
 
     For every sample, with probability ``prob``, a pixel is drawn uniformly among those where the partner's
     teacher probability ``P_j >= threshold``, and a ``block x block`` square is centred on it (top-left

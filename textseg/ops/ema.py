@@ -6,7 +6,7 @@ whose weights follow
     theta_T <- m * theta_T + (1 - m) * theta_S
 
 after every optimizer step (Semi-MedRef, Li et al., Sec. 2.2; TextMoE, Zeng et al.). textseg follows the
-project decision of ``methods.md`` Sec. 5.2 / 6.1 for **both** methods:
+project decision of ``docs/methods.md`` Sec. 5.2 / 6.1 for **both** methods:
 
 * the teacher lives inside the LightningModule as a submodule (so it is saved in checkpoints automatically),
   always in eval mode (BatchNorm uses its running statistics, dropout is off: deterministic targets);
@@ -203,7 +203,7 @@ def semimedref_momentum(
     start: float = 0.99,
     end: float = 0.999,
 ) -> float:
-    """Semi-MedRef EMA momentum per epoch (``methods.md`` Sec. 6.1; the paper states the final 0.999).
+    """Semi-MedRef EMA momentum per epoch (``docs/methods.md`` Sec. 6.1; the paper states the final 0.999).
 
     ``m(e) = start`` for ``e <= burn_in_epochs``, then linear to ``end`` over ``ramp_epochs`` epochs:
     ``m(e) = start + (end - start) * min((e - burn_in_epochs) / ramp_epochs, 1)``. With the defaults:
@@ -236,7 +236,7 @@ def semimedref_momentum(
 def textmoe_momentum(step: int, max_momentum: float = 0.99) -> float:
     """TextMoE EMA momentum per optimizer step, ``min(1 - 1 / (step + 1), max_momentum)``.
 
-    See ``methods.md`` Sec. 5.2.
+    See ``docs/methods.md`` Sec. 5.2.
 
     Step 0 gives 0 (the teacher becomes a copy of the student), step 1 gives 0.5, and from step 99 on the
     value is capped at ``max_momentum`` (0.99 in the paper).
@@ -259,7 +259,7 @@ def textmoe_momentum(step: int, max_momentum: float = 0.99) -> float:
 
 
 def linear_ramp(epoch: float, start_epoch: float, ramp_epochs: float, max_value: float) -> float:
-    """Linear ramp-up of a loss weight, e.g. Semi-MedRef's lambda_u (paper Eq. 5, ``methods.md`` Sec. 6.1).
+    """Linear ramp-up of a loss weight, e.g. Semi-MedRef's lambda_u (paper Eq. 5, ``docs/methods.md`` Sec. 6.1).
 
     ``w(e) = max_value * clip((e - start_epoch) / ramp_epochs, 0, 1)``; 0 before ``start_epoch``.
     Semi-MedRef's lambda_u uses ``start_epoch=5, ramp_epochs=15, max_value=0.3``: 0 at epoch 5, 0.15 at 12.5,

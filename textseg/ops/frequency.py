@@ -3,18 +3,18 @@
 The paper exchanges "the frequency space" between randomly selected **unlabeled** images of **different
 modalities** (Eq. 6, ``x_{i,f} = F^-1(F(x_j))``): the exchanged image keeps the content of ``x_i`` with the
 style of ``x_j``. The teacher predicts on the original image, the student learns on the exchanged one (Eq. 7).
-Neither the paper nor the public code gives a usable band size (``methods.md`` Sec. 5.1).
+Neither the paper nor the public code gives a usable band size (``docs/methods.md`` Sec. 5.1).
 
 :func:`frequency_exchange` implements three modes:
 
-* ``"amplitude"`` (default, ``methods.md`` Sec. 5.1 **Decision**): per channel, take the centred
+* ``"amplitude"`` (default, ``docs/methods.md`` Sec. 5.1 **Decision**): per channel, take the centred
   (``fftshift``-ed) 2-D spectrum; each exchangeable sample draws a partner uniformly among the exchangeable
   samples of a **different** modality in the batch; inside the low-frequency band (:func:`low_band_mask`) the
   sample's amplitude is replaced by the partner's, and the sample's own phase is kept everywhere (the FDA
   operation of Yang & Soatto, CVPR 2020). Samples with no eligible partner are left unchanged.
 * ``"complex"``: same partners and band, but the whole complex spectrum of the band (amplitude and phase) is
   taken from the partner.
-* ``"legacy"``: the public code (``jgfiuuuu/TextMoE``, ``methods.md`` Sec. 5.1 [code] and Sec. 8 item 18): when
+* ``"legacy"``: the public code (``jgfiuuuu/TextMoE``, ``docs/methods.md`` Sec. 5.1 [code] and Sec. 8 item 18): when
   the batch holds at least one exchangeable (unlabeled) sample, a permutation of the **whole batch** (labeled
   samples included, self-pairs allowed) picks partners, and every sample becomes
   ``real(IFFT(F_p - high(F_p) + high(F_i)))`` on the **unshifted** spectrum, where ``high`` keeps the
@@ -144,7 +144,7 @@ def low_band_mask(height: int, width: int, beta: float, device: torch.device | s
     Args:
         height: Image height ``H``.
         width: Image width ``W``.
-        beta: Band ratio in ``[0, 0.5]`` (``methods.md`` Sec. 5.1; the public code's radius 10 on 224 px is
+        beta: Band ratio in ``[0, 0.5]`` (``docs/methods.md`` Sec. 5.1; the public code's radius 10 on 224 px is
             about ``beta = 0.045``).
         device: Device of the mask (default CPU).
 
@@ -193,7 +193,7 @@ def legacy_disc_mask(height: int, width: int, radius: float, device: torch.devic
 
 
 def sample_partners(modality: Tensor, exchangeable: Tensor, generator: torch.Generator) -> Tensor:
-    """Draw one other-modality unlabeled partner per exchangeable sample (``methods.md`` Sec. 5.1 Decision).
+    """Draw one other-modality unlabeled partner per exchangeable sample (``docs/methods.md`` Sec. 5.1 Decision).
 
     Sample ``i`` is eligible when ``exchangeable[i]``; its candidates are the samples ``j`` with
     ``exchangeable[j]`` and ``modality[j] != modality[i]``. The partner is drawn uniformly among the candidates
@@ -243,7 +243,7 @@ def frequency_exchange(
     mode: ExchangeMode = "amplitude",
     legacy_radius: float = 10,
 ) -> ExchangeResult:
-    """Build the student input of TextMoE's content regularisation (paper Eqs. 6-7, ``methods.md`` Sec. 5.1).
+    """Build the student input of TextMoE's content regularisation (paper Eqs. 6-7, ``docs/methods.md`` Sec. 5.1).
 
     ``"amplitude"`` (default): with centred per-channel spectra ``F_i = fftshift(fft2(x_i))`` and the band
     ``M`` of :func:`low_band_mask`,

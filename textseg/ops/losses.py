@@ -2,10 +2,10 @@
 
 * :func:`build_seg_loss` -- the Dice + BCE segmentation loss of Semi-MedRef Eqs. 2 and 4 (and TextMoE), as
   MONAI ``DiceCELoss(sigmoid=True)`` on **logits** (a real Dice + binary cross-entropy on MONAI >= 1.3), or
-  Dice only, which is what the public codes effectively trained with (``methods.md`` Sec. 1.4, Decision
+  Dice only, which is what the public codes effectively trained with (``docs/methods.md`` Sec. 1.4, Decision
   "loss").
 * :func:`itcl_loss` -- Semi-MedRef's position-guided image-text contrastive loss (ITCL, "PACL" in the code,
-  paper Eq. 9, ``methods.md`` Sec. 6.5) with Jaccard soft positives from the 6-dim positional labels
+  paper Eq. 9, ``docs/methods.md`` Sec. 6.5) with Jaccard soft positives from the 6-dim positional labels
   (:func:`position_affinity`).
 * :func:`clip_loss` -- the standard symmetric InfoNCE (CLIP) loss, the Table 3 "CLIP-style" ablation.
 
@@ -88,7 +88,7 @@ class SegLoss(nn.Module):
 
 
 def build_seg_loss(kind: SegLossKind = "dice_ce") -> nn.Module:
-    """Build the segmentation loss of paper Eqs. 2 / 4 (``methods.md`` Sec. 1.4 Decision).
+    """Build the segmentation loss of paper Eqs. 2 / 4 (``docs/methods.md`` Sec. 1.4 Decision).
 
     Args:
         kind: "dice_ce" -- MONAI ``DiceCELoss(sigmoid=True)``, Dice + BCE on logits (default); "dice_only" --
@@ -101,7 +101,7 @@ def build_seg_loss(kind: SegLossKind = "dice_ce") -> nn.Module:
 
 
 def position_affinity(positions: Tensor) -> Tensor:
-    """Jaccard soft-positive matrix of ITCL (paper Sec. 2.4, ``methods.md`` Sec. 6.5).
+    """Jaccard soft-positive matrix of ITCL (paper Sec. 2.4, ``docs/methods.md`` Sec. 6.5).
 
     ``A_ij = |q_i n q_j| / |q_i u q_j|`` over the positional labels (order ``[L-up, L-mid, L-low, R-up, R-mid,
     R-low]``), computed as ``sum min(q_i, q_j) / sum max(q_i, q_j)`` (identical for ``{0, 1}`` labels). The
@@ -218,7 +218,7 @@ def differential_loss(experts: Sequence[Tensor], mode: DiffLossMode = "squared_c
     """Differential loss between the visual experts of TextMoE's MoE layers (Zeng et al., Eq. 8).
 
     Each element of ``experts`` is the ``[B, E, C, H, W]`` stack of the ``E`` gated visual experts' outputs of
-    one MoE layer (``methods.md`` Sec. 4). Two modes (``methods.md`` Sec. 5.3):
+    one MoE layer (``docs/methods.md`` Sec. 4). Two modes (``docs/methods.md`` Sec. 5.3):
 
     * ``"squared_cosine"`` (default, the project's Decision, Eq. 8's intent ``|cos| -> 0``): per sample and per
       expert pair ``(e, f)``, ``e < f``, the cosine similarity of the flattened ``C * H * W`` features, squared;

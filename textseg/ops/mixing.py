@@ -19,7 +19,7 @@ Block masks ``M_i`` come from one of the samplers below:
 * :func:`sample_random_blocks` -- the ``random`` mode: a block anywhere;
 * :func:`cutmix_boxes` -- naive CutMix (one random rectangle) for the Table 3 ablation.
 
-Project decisions (``methods.md`` Sec. 6.4): the gate is evaluated **before** pasting, so a rejected block is
+Project decisions (``docs/methods.md`` Sec. 6.4): the gate is evaluated **before** pasting, so a rejected block is
 not pasted (``gate_before_paste=False`` reproduces the public code, which pastes first and gates only the
 target); boxes use image sides in display orientation ("left" = columns ``[0, W/2)``).
 
@@ -134,7 +134,7 @@ def t_patchmix(
     target_threshold: float = 0.5,
     gate_before_paste: bool = True,
 ) -> MixResult:
-    """Image-text alignment-preserving patch mixing, T-PatchMix (paper Eqs. 6-8, ``methods.md`` Sec. 6.4).
+    """Image-text alignment-preserving patch mixing, T-PatchMix (paper Eqs. 6-8, ``docs/methods.md`` Sec. 6.4).
 
     Partner ``j = perm[i]``. The candidate masks ``M`` (from one of the samplers) are gated by Eq. 7 with the
     partner's teacher probabilities; the **same** gated mask ``M_hat`` then mixes the images (Eq. 6) and the
@@ -194,7 +194,7 @@ def t_patchmix(
 def pseudo_label(
     probs: Tensor, delta: float, mode: Literal["hard", "soft"] = "hard", temperature: float = 0.05
 ) -> Tensor:
-    """Teacher pseudo-label from probabilities (paper Eq. 3, ``methods.md`` Sec. 6.1).
+    """Teacher pseudo-label from probabilities (paper Eq. 3, ``docs/methods.md`` Sec. 6.1).
 
     ``hard``: ``1[p >= delta]`` (the paper); ``soft``: ``sigmoid((p - delta) / temperature)`` (the public
     code's optional soft mode).
@@ -243,7 +243,7 @@ def random_permutation(
     device: torch.device | str | None = None,
     derangement: bool = True,
 ) -> Tensor:
-    """Random partner assignment ``j = perm[i]`` for T-PatchMix (step 1 of ``methods.md`` Sec. 6.4).
+    """Random partner assignment ``j = perm[i]`` for T-PatchMix (step 1 of ``docs/methods.md`` Sec. 6.4).
 
     The public code uses a plain ``randperm``, whose expected number of fixed points (samples paired with
     themselves, for which mixing is a no-op) is 1 per batch. With ``derangement=True`` (default, and only when

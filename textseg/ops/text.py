@@ -3,7 +3,7 @@
 The referring texts of QaTa-COV19 and MosMedData+ come from LViT (Li et al., IEEE TMI 2023) and follow the
 template "<Bilateral|Unilateral> pulmonary infection, <count> infected area(s), <loc>[ and <loc>]." where
 ``<loc>`` is ``[all | (upper|middle|lower)+] <left|right> lung``. "Left" and "right" are **image** sides
-(``data.md`` §9). This module provides
+(``docs/data.md`` §9). This module provides
 
 * :func:`position_label` -- the six-dimensional positional label
   ``[L-upper, L-middle, L-lower, R-upper, R-middle, R-lower]`` (:data:`REGIONS`) parsed from a raw text.
@@ -69,11 +69,11 @@ INHERIT_FALLBACK_LEVELS: tuple[str, ...] = ("lower",)
 
 Ye et al. gave a leading bare side the lower level in 5 of the 6 such QaTa rows ("left and right lung",
 "left lung and right lung", "right right lung"); lower is also the most frequent QaTa level (84.5 % of the
-train left sides, ``data.md`` §4.2).
+train left sides, ``docs/data.md`` §4.2).
 """
 
 UNK_POS_TOKEN = "[UNK_POS]"
-"""PosAug's dropout token, kept as plain text (``methods.md`` §6.3, Decision)."""
+"""PosAug's dropout token, kept as plain text (``docs/methods.md`` §6.3, Decision)."""
 
 FUZZY_PHRASE = "a region of the lung"
 """PosAug's location-agnostic replacement phrase (Semi-MedRef §2.3)."""
@@ -363,7 +363,7 @@ def position_label(text: str, bare_side: BareSide = "all") -> list[int]:
     * "No pulmonary infection, zero infected areas." (no location) gives all zeros.
 
     On Semi-MedRef's MosMed files it equals ``report_position_vector`` of ``scripts/prepare_splits.py``
-    (``bare_side="all"``; ``"none"`` gives the ``*(in).plabel.csv`` convention, ``data.md`` §4.3). On the
+    (``bare_side="all"``; ``"none"`` gives the ``*(in).plabel.csv`` convention, ``docs/data.md`` §4.3). On the
     9,258 QaTa texts it reproduces Ye et al.'s ``annotation.json`` labels for all but a handful of rows, best
     with ``bare_side="inherit"`` (Ye et al.'s reading of ambiguous bare sides).
 
@@ -419,7 +419,7 @@ def flip_position_label(label: list[int] | tuple[int, ...]) -> list[int]:
         label: Six values in :data:`REGIONS` order.
 
     Returns:
-        The label with left and right exchanged (``data.md`` §9).
+        The label with left and right exchanged (``docs/data.md`` §9).
 
     Raises:
         DataError: If the label does not have six entries.

@@ -1,10 +1,10 @@
 """Referring-text augmentations: positional phrases, PosAug, T-PatchMix's span mixing and word swaps.
 
 * :func:`find_phrases` / :func:`first_phrase` -- the positional-phrase pattern of Semi-MedRef's PosAug and
-  T-PatchMix (``utils/pos_aug.py``, ``POS_PHRASE_RE``; ``methods.md`` §6.3);
+  T-PatchMix (``utils/pos_aug.py``, ``POS_PHRASE_RE``; ``docs/methods.md`` §6.3);
 * :func:`pos_aug` -- PosAug (Semi-MedRef §2.3): dropout of a phrase to ``[UNK_POS]`` or fuzzing to a
   location-agnostic phrase;
-* :func:`span_mix` -- the text side of T-PatchMix (Semi-MedRef Eqs. 6-8, ``methods.md`` §6.4);
+* :func:`span_mix` -- the text side of T-PatchMix (Semi-MedRef Eqs. 6-8, ``docs/methods.md`` §6.4);
 * :func:`swap_left_right`, :func:`swap_upper_lower` -- text updates for horizontal and vertical image flips (SPC
   ablation) and the text probes;
 * :func:`text_strong` -- the generic "TextStrong" ablation of Semi-MedRef Table 3 (EDA-style synonym
@@ -76,12 +76,12 @@ class Phrase:
 def find_phrases(text: str) -> list[Phrase]:
     """Find the positional phrases of a text with Semi-MedRef's PosAug/T-PatchMix pattern.
 
-    The pattern (``utils/pos_aug.py``, ``POS_PHRASE_RE``; ``methods.md`` §6.3) is one of {upper middle
+    The pattern (``utils/pos_aug.py``, ``POS_PHRASE_RE``; ``docs/methods.md`` §6.3) is one of {upper middle
     lower, upper middle, middle lower, upper lower, upper, middle, lower}, whitespace, left|right, whitespace,
     "lung", matched case-insensitively at word boundaries. Faithful to the code, "all X lung", a bare
     "X lung", LViT's ellipsis ("lower left and ...") and misspelt words do **not** match; "all lower left
     lung" yields "lower left lung". So raw MosMed texts such as "all left lung and all right lung.." have no
-    phrase, while every SGSeg caption has one (``data.md`` §8).
+    phrase, while every SGSeg caption has one (``docs/data.md`` §8).
 
     Args:
         text: A referring text.
@@ -134,7 +134,7 @@ def pos_aug(
     Every phrase found by :func:`find_phrases` is normalised to its canonical form and, independently with
     probability ``edit_prob`` (the code's ``pos_aug_p``), edited: dropout to ``unk_token`` with probability
     ``rho``, fuzzing to ``fuzzy_phrase`` with probability ``1 - rho``. The paper states only the
-    dropout/fuzzing split; the extra per-phrase edit probability is the code's (``methods.md`` §6.3). A text
+    dropout/fuzzing split; the extra per-phrase edit probability is the code's (``docs/methods.md`` §6.3). A text
     without phrases is returned unchanged.
 
     Random draws: one ``rng.random()`` per phrase (edit if ``< edit_prob``), plus one for an edited phrase
@@ -145,7 +145,7 @@ def pos_aug(
         rng: Random generator.
         rho: Dropout probability ρ of an edit (paper: 0.5).
         edit_prob: Probability that a phrase is edited at all (code: 0.5).
-        unk_token: Dropout replacement (kept as plain text, ``methods.md`` §6.3 Decision).
+        unk_token: Dropout replacement (kept as plain text, ``docs/methods.md`` §6.3 Decision).
         fuzzy_phrase: Location-agnostic replacement.
 
     Returns:
@@ -245,7 +245,7 @@ def _swap_words(text: str, pairs: dict[str, str]) -> str:
 
 
 def swap_left_right(text: str) -> str:
-    """Exchange the words left and right, for a horizontal image flip (``data.md`` §9).
+    """Exchange the words left and right, for a horizontal image flip (``docs/data.md`` §9).
 
     Case is kept ("Left" -> "Right"). Misspelt or glued side words of the location part are corrected on the
     way ("lift" -> "right", "lowerright" -> "lower left"), so ``position_label(swap_left_right(t))`` always

@@ -1,4 +1,4 @@
-"""Vision and text encoders shared by every network (``methods.md`` §1.1, §1.2, §9).
+"""Vision and text encoders shared by every network (``docs/methods.md`` §1.1, §1.2, §9).
 
 * :mod:`textseg.models.encoders.vision` -- ConvNeXt vision encoders and the facebookresearch key converter;
 * :mod:`textseg.models.encoders.text` -- the frozen BERT-family text encoder with its feature cache.

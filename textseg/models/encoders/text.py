@@ -1,4 +1,4 @@
-"""Text encoders: a frozen BERT-family encoder with a feature cache (``methods.md`` §1.2, §9).
+"""Text encoders: a frozen BERT-family encoder with a feature cache (``docs/methods.md`` §1.2, §9).
 
 A frozen, always-eval BERT-family encoder is loaded as a plain ``BertModel`` + ``BertTokenizer`` (never remote code), returning :class:`~textseg.models.types.TextFeatures`:
 last-layer token states, the key-padding mask and the three-layer mean used by the ITCL text head. A small LRU cache
@@ -118,7 +118,7 @@ def _load_bert_directory(directory: Path) -> tuple[BertModel, BertTokenizer]:
     """Load a BERT-family checkpoint directory as a plain ``BertModel`` + uncased ``BertTokenizer``.
 
     Works for configs whose ``model_type`` is not ``bert`` but whose backbone is (CXR-BERT: ``cxr-bert``,
-    weights under ``bert.*``); ``cls.*`` / projection tensors are dropped with a warning (``methods.md``
+    weights under ``bert.*``); ``cls.*`` / projection tensors are dropped with a warning (``docs/methods.md``
     §1.2).
     """
     config_file, vocab_file = directory / "config.json", directory / "vocab.txt"
@@ -156,7 +156,7 @@ def _load_bert_directory(directory: Path) -> tuple[BertModel, BertTokenizer]:
     tok_cfg = directory / "tokenizer_config.json"
     if tok_cfg.is_file():
         lower = bool(json.loads(tok_cfg.read_text()).get("do_lower_case", True))
-    # transformers 5 ignores ``vocab_file=``; the path must be passed as ``vocab`` (methods.md §1.2 gotcha).
+    # transformers 5 ignores ``vocab_file=``; the path must be passed as ``vocab`` (docs/methods.md §1.2 gotcha).
     tokenizer = BertTokenizer(vocab=str(vocab_file), do_lower_case=lower)
     n_lines = sum(1 for line in vocab_file.read_text(encoding="utf-8").splitlines() if line)
     if len(tokenizer) < n_lines:
@@ -227,7 +227,7 @@ def build_text_backbone(spec: str = "tiny") -> tuple[BertModel, BertTokenizer]:
 
 
 class TextEncoder(nn.Module):
-    """Frozen, always-eval BERT-family text encoder (``methods.md`` §1.2 Decision).
+    """Frozen, always-eval BERT-family text encoder (``docs/methods.md`` §1.2 Decision).
 
     The referring texts are tokenised with ``padding="max_length"``, truncation and ``max_length`` (24), and
     encoded once. The features are:
@@ -345,7 +345,7 @@ class TextEncoder(nn.Module):
     def check_lengths(self, texts: Mapping[str, str], max_named: int = 3) -> None:
         """Fail before training if a dataset text would be truncated at ``max_length`` tokens.
 
-        Real QaTa-COV19 and MosMedData+ texts all fit in 24 tokens (``data.md`` §8); a longer one is a data error,
+        Real QaTa-COV19 and MosMedData+ texts all fit in 24 tokens (``docs/data.md`` §8); a longer one is a data error,
         not something to cut silently. (Texts built during training -- PosAug, T-PatchMix span mixing -- are
         truncated as in the reference code.)
 

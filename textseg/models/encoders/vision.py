@@ -1,4 +1,4 @@
-"""Vision encoders: ConvNeXt built from a hub id, a folder or a config (``methods.md`` §1.1).
+"""Vision encoders: ConvNeXt built from a hub id, a folder or a config (``docs/methods.md`` §1.1).
 
 Hugging Face ``ConvNextModel`` (Liu et al., "A ConvNet for the 2020s", CVPR 2022) built from a hub id, a local directory, a full-size random ConvNeXt-T config or a tiny test config, plus a
 key converter for the original facebookresearch checkpoints (``convnext_tiny_22k_224.pth``, used by MMI-UNet).
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 #: Stage depths / widths of the tiny random test ConvNeXt (widths divisible by 8 for the 8-head MMI-UNet ITM).
 TINY_CONVNEXT_DEPTHS: tuple[int, int, int, int] = (1, 1, 1, 1)
 TINY_CONVNEXT_WIDTHS: tuple[int, int, int, int] = (16, 32, 64, 128)
-#: Full-size ConvNeXt-T (``methods.md`` §1.1).
+#: Full-size ConvNeXt-T (``docs/methods.md`` §1.1).
 CONVNEXT_T_DEPTHS: tuple[int, int, int, int] = (3, 3, 9, 3)
 CONVNEXT_T_WIDTHS: tuple[int, int, int, int] = (96, 192, 384, 768)
 #: Total stride of the ConvNeXt stages; input sides must be multiples of it.
@@ -38,7 +38,7 @@ def looks_like_path(spec: str) -> bool:
 
 
 def build_vision_encoder(spec: str = "tiny") -> ConvNextModel:
-    """Build the ConvNeXt vision encoder (``methods.md`` §1.1 Decision).
+    """Build the ConvNeXt vision encoder (``docs/methods.md`` §1.1 Decision).
 
     Args:
         spec: ``"tiny"`` -- random ConvNeXt with depths ``(1, 1, 1, 1)`` and widths ``(16, 32, 64, 128)`` (for
@@ -94,7 +94,7 @@ def vision_widths(model: ConvNextModel) -> tuple[int, int, int, int]:
     return sizes[0], sizes[1], sizes[2], sizes[3]
 
 
-#: FB -> HF key renames (``methods.md`` §1.1 table; same as transformers' ``convert_convnext_to_pytorch.py``).
+#: FB -> HF key renames (``docs/methods.md`` §1.1 table; same as transformers' ``convert_convnext_to_pytorch.py``).
 _FB_KEY_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^downsample_layers\.0\.0\.(.+)$"), r"embeddings.patch_embeddings.\1"),
     (re.compile(r"^downsample_layers\.0\.1\.(.+)$"), r"embeddings.layernorm.\1"),
@@ -131,7 +131,7 @@ def load_fb_convnext_checkpoint(model: ConvNextModel, path: str | Path) -> dict[
     The tensors are read with ``torch.load(weights_only=True)`` from the ``"model"`` entry (a bare state dict
     is accepted too), renamed with :func:`convert_fb_convnext_key` and copied wherever the converted name
     exists in ``model`` with the same shape -- as MMI-UNet does, so the 21,841-class head is skipped
-    (``methods.md`` §1.1).
+    (``docs/methods.md`` §1.1).
 
     Args:
         model: The HF ConvNeXt to fill in place.
