@@ -1,9 +1,9 @@
 """DataModule throughput: samples/s per worker of the training loaders at 224 px ("Speed and scale").
 
 Generates a synthetic referring dataset of 224² PNGs (``TextSegDataModule(dataset="synthetic",
-synthetic_image_size=224)``, the SGSeg layout that the QaTa reader parses), then measures the DataModule's own
-training loaders -- ``labeled`` (weak view + mask) and ``unlabeled`` (weak **and** strong view), taken from
-``train_dataloader().iterables`` -- for each ``num_workers``:
+dataset_options={"synthetic": {"image_size": 224}})``, the SGSeg layout that the QaTa reader parses), then measures
+the DataModule's own training loaders -- ``labeled`` (weak view + mask) and ``unlabeled`` (weak **and** strong
+view), taken from ``train_dataloader().iterables`` -- for each ``num_workers``:
 
 * startup: seconds from ``iter(loader)`` to the first batch (worker start included);
 * steady state: after ``num_workers + 1`` warm-up batches (the burst prefetched while the workers started), the
@@ -125,10 +125,14 @@ def make_datamodule(args: argparse.Namespace, root: Path, workers: int) -> TextS
         num_workers=workers,
         seed=args.seed,
         check=args.check,
-        synthetic_train=args.n_train,
-        synthetic_val=args.n_eval,
-        synthetic_test=args.n_eval,
-        synthetic_image_size=args.image_size,
+        dataset_options={
+            "synthetic": {
+                "n_train": args.n_train,
+                "n_val": args.n_eval,
+                "n_test": args.n_eval,
+                "image_size": args.image_size,
+            }
+        },
     )
     dm.prepare_data()
     dm.setup("fit")
@@ -197,8 +201,8 @@ def measure_loader(loader: DataLoader, workers: int, batches: int) -> dict[str, 
 def transform_breakdown(dm: TextSegDataModule, kind: str, samples: int) -> dict[str, float]:
     """Mean CPU ms per sample (``time.process_time``) of each transform of the ``kind`` pipeline, in this process.
 
-    The transforms run as :class:`~textseg.data.sampling.SeededDataset` runs them: MONAI meta-data tracking off; the whole
-    pipeline is timed as the DataLoader calls it, with the per-sample re-seeding.
+    The transforms run as :class:`~textseg.data.sampling.SeededDataset` runs them: MONAI meta-data tracking off; the
+    whole pipeline is timed as the DataLoader calls it, with the per-sample re-seeding.
     """
     ds: Any = train_loader(dm, kind).dataset
     steps = list(ds.transform.transforms)
@@ -410,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"- device: {dev}",
         f"- torch {torch.__version__}, monai {version('monai')}, date {started:%Y-%m-%d %H:%M} UTC, "
         f"load average {load_before[0]:.1f} → {load_after[0]:.1f} (1 min)",
-        f"- data: `TextSegDataModule(dataset='synthetic', synthetic_image_size={args.image_size}, "
+        f"- data: `TextSegDataModule(dataset='synthetic', dataset_options={{'synthetic': {{'image_size': "
+        f"{args.image_size}}}}}, "
         f"image_size={args.image_size}, labeled_ratio={args.labeled_ratio})`: {sizes['labeled']} labeled / "
         f"{sizes['unlabeled']} unlabeled training images (generated and set up in {setup_s:.1f} s)",
         f"- main-process peak RSS {fmt_bytes(rss_main, 'MiB')}",

@@ -15,8 +15,8 @@ from fakedata import (
     write_png,
 )
 
-from textseg.cli.main import main
 from textseg.cli.data import check_dataset
+from textseg.cli.main import main
 from textseg.data import read_mask
 from textseg.data.folder import folder_records
 from textseg.data.synthetic import make_synthetic

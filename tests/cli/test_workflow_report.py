@@ -14,8 +14,8 @@ import yaml
 from PIL import Image
 
 from textseg.cli.main import main
-from textseg.errors import DataError
 from textseg.cli.report import aggregate, load_run, write_report
+from textseg.errors import DataError
 
 METRIC_NAMES = ("dice", "iou", "dice_per_image", "iou_per_image")
 

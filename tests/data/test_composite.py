@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from textseg.data.datamodule import TextSegDataModule
+from textseg.data.mosmed import MosMedDataPlus
 from textseg.data.synthetic import ct_config, generate_sample, load_synthetic, region_boxes
 from textseg.errors import DataError
 from textseg.ops.metrics import GroupedSegMetrics
@@ -66,10 +67,7 @@ def test_auto_oversampling_balances_sizes(qata_root: Path, tmp_path: Path) -> No
         root=[str(qata_root), str(tmp_path / "ct")],
         labeled_ratio=0.5,
         image_size=64,
-        synthetic_train=4,
-        synthetic_val=2,
-        synthetic_test=2,
-        synthetic_image_size=64,
+        dataset_options={"synthetic_ct": {"n_train": 4, "n_val": 2, "n_test": 2, "image_size": 64}},
     )
     dm.setup("fit")
     n = Counter(dm.sources["labeled"]) + Counter(dm.sources["unlabeled"])
@@ -111,11 +109,24 @@ def test_split_json_names_every_dataset(qata_root: Path, mosmed_root: Path, tmp_
         ({"oversample": [1]}, "oversample"),
         ({"oversample": [1, 0]}, "oversample"),
         ({"predict_images": "x"}, "predict_texts"),
+        ({"dataset_options": {"mosmed": {"bare_side": "none"}, "synthetic_ct": {}}}, "'synthetic_ct', not a dataset"),
+        ({"dataset_options": {"qata": {"bare_side": "none"}}}, "dataset 'qata' has no option 'bare_side'"),
     ],
 )
 def test_bad_composite_arguments(qata_root: Path, mosmed_root: Path, kwargs: dict[str, Any], named: str) -> None:
     with pytest.raises(DataError, match=named):
         composite(qata_root, mosmed_root, **kwargs)
+
+
+def test_dataset_options_reach_their_own_dataset(qata_root: Path, mosmed_root: Path) -> None:
+    dm = composite(qata_root, mosmed_root, dataset_options={"mosmed": {"bare_side": "none"}})
+    dm.setup("fit")
+    mosmed = dm.datas["mosmed"]
+    assert isinstance(mosmed, MosMedDataPlus) and mosmed.bare_side == "none"
+    assert dm.hparams["dataset_options"] == {"mosmed": {"bare_side": "none"}}  # saved with the hparams
+    default = composite(qata_root, mosmed_root)
+    default.setup("fit")
+    assert getattr(default.datas["mosmed"], "bare_side", None) == "all"
 
 
 def test_grouped_metrics_split_by_dataset() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fakedata import make_mosmed_tree
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
@@ -18,12 +20,15 @@ from torch import Tensor
 from textseg.data.datamodule import TextSegDataModule
 from textseg.data.io import read_image, read_mask
 from textseg.data.splits import select_labeled
-from textseg.errors import DataError
+from textseg.data.synthetic import META_FILE
 from textseg.data.transforms import LABELED_KEYS, UNLABELED_KEYS
+from textseg.errors import DataError
 
 SIZE = 64
 #: The fake trees of ``conftest.py`` have 16 train images.
 N_TRAIN = 16
+#: Generator options of a small synthetic tree.
+SYNTHETIC_SMALL = {"n_train": 8, "n_val": 2, "n_test": 2, "image_size": SIZE}
 
 
 def make_dm(root: Path, dataset: str = "qata", **kwargs: Any) -> TextSegDataModule:
@@ -331,10 +336,7 @@ def test_synthetic_dataset_generated_when_missing(tmp_path: Path) -> None:
         image_size=SIZE,
         batch_size=2,
         eval_batch_size=2,
-        synthetic_train=8,
-        synthetic_val=2,
-        synthetic_test=2,
-        synthetic_image_size=SIZE,
+        dataset_options={"synthetic": SYNTHETIC_SMALL},
     )
     dm.prepare_data()
     assert root.is_dir()
@@ -349,16 +351,93 @@ def test_synthetic_dataset_generated_when_missing(tmp_path: Path) -> None:
     # A second datamodule reads the existing tree instead of regenerating it.
     mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*.png")}
     again = TextSegDataModule(
-        dataset="synthetic",
-        root=str(root),
-        image_size=SIZE,
-        synthetic_train=8,
-        synthetic_val=2,
-        synthetic_test=2,
-        synthetic_image_size=SIZE,
+        dataset="synthetic", root=str(root), image_size=SIZE, dataset_options={"synthetic": SYNTHETIC_SMALL}
     )
     again.prepare_data()
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.png")} == mtimes
+    # Without options any existing tree is read; sizes that contradict the tree on disk are refused.
+    TextSegDataModule(dataset="synthetic", root=str(root), image_size=SIZE).prepare_data()
+    other = TextSegDataModule(dataset="synthetic", root=str(root), dataset_options={"synthetic": {"n_train": 9}})
+    with pytest.raises(DataError, match=r"n_train=9 \(on disk: 8\)"):
+        other.prepare_data()
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.png")} == mtimes
+
+
+# ------------------------------------------------------------------------------------- dataset options
+def test_synthetic_options_set_the_generated_sizes(tmp_path: Path) -> None:
+    """``dataset_options`` reach the generator: other sizes, other counts and image side."""
+    sizes = {"n_train": 6, "n_val": 3, "n_test": 1, "image_size": 32}
+    dm = TextSegDataModule(dataset="synthetic", root=str(tmp_path / "s"), dataset_options={"synthetic": sizes})
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.data is not None
+    assert [len(dm.data.records(s)) for s in ("train", "val", "test")] == [6, 3, 1]
+    assert read_image(dm.data.records("train")[0].image).shape[-2:] == (32, 32)
+    meta = json.loads((tmp_path / "s" / META_FILE).read_text())
+    assert {k: meta[k] for k in sizes} == sizes
+
+
+def test_mosmed_bare_side_option_reaches_the_dataset(tmp_path: Path) -> None:
+    """``{"mosmed": {"bare_side": ...}}`` sets MosMed's positional-label convention for a bare "X lung"."""
+    root = tmp_path / "mosmed"
+    make_mosmed_tree(root, "kaggle", n_train=4, n_val=2, n_test=2, size=SIZE, seed=1)
+    train_csv = next(root.glob("Train_text_*.csv"))
+    rows = train_csv.read_text().splitlines()
+    bare = "Unilateral pulmonary infection, one infected area, left lung."
+    train_csv.write_text("\n".join([rows[0], f"{rows[1].split(';')[0]};{bare}", *rows[2:]]) + "\n")
+    image = rows[1].split(";")[0]
+    positions = {}
+    for side in (None, "all", "none"):
+        options = None if side is None else {"mosmed": {"bare_side": side}}
+        dm = make_dm(root, "mosmed", dataset_options=options, check="off")
+        dm.setup("fit")
+        assert dm.data is not None
+        positions[side] = next(r.position for r in dm.data.records("train") if Path(r.image).name == image)
+    assert positions[None] == positions["all"] == (1, 1, 1, 0, 0, 0)
+    assert positions["none"] == (0, 0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "options", "named"),
+    [
+        # An option the dataset's factory does not take: the error names both and lists the valid options.
+        ("mosmed", {"mosmed": {"bare_sides": "none"}}, r"dataset 'mosmed' has no option 'bare_sides'; its options "
+         r"are bare_side"),
+        ("synthetic", {"synthetic": {"n_train": 8, "size": 64}}, r"dataset 'synthetic' has no option 'size'; its "
+         r"options are n_train, n_val, n_test, image_size, seed, positions, modality"),
+        ("synthetic_ct", {"synthetic_ct": {"modality": "xray"}}, r"dataset 'synthetic_ct' has no option 'modality'"),
+        ("qata", {"qata": {"root": "elsewhere"}}, r"dataset 'qata' has no option 'root'; its options are positions"),
+        # Options for a dataset that is not one of the run's.
+        ("qata", {"mosmed": {"bare_side": "none"}}, r"dataset_options names 'mosmed', not a dataset of this run; "
+         r"the run's datasets are 'qata'"),
+        (["qata", "mosmed"], {"synthetic": {}}, r"names 'synthetic', not a dataset of this run.*'qata', 'mosmed'"),
+        # A dataset name that is not in the registry: the error lists the registered names.
+        ("qata_v2", None, r"unknown dataset 'qata_v2'; expected one of 'qata', 'mosmed', 'synthetic', 'synthetic_ct'"),
+    ],
+)  # fmt: skip
+def test_bad_dataset_or_options_refused_at_construction(
+    tmp_path: Path, dataset: str | list[str], options: dict[str, Any] | None, named: str
+) -> None:
+    roots = [str(tmp_path / d) for d in dataset] if isinstance(dataset, list) else str(tmp_path / dataset)
+    with pytest.raises(DataError, match=named):
+        TextSegDataModule(dataset=dataset, root=roots, dataset_options=options)
+    assert not any(tmp_path.iterdir())  # refused before anything was read or generated
+
+
+def test_a_registered_dataset_needs_no_datamodule_change(
+    tmp_path: Path, qata_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry is the one list of datasets: a new entry is accepted by name, with its own options."""
+    from textseg.data import registry
+    from textseg.data.qata import QaTaCOV19
+
+    monkeypatch.setitem(registry.DATASETS, "qata_text_positions", partial(QaTaCOV19, positions="text"))
+    monkeypatch.setitem(registry.DATASETS, "my_qata", QaTaCOV19)
+    dm = make_dm(qata_root, "my_qata", dataset_options={"my_qata": {"positions": "annotation"}})
+    dm.setup("fit")
+    assert dm.data is not None and len(dm.data.records("train")) == N_TRAIN
+    with pytest.raises(DataError, match="dataset 'qata_text_positions' has no option 'positions'"):
+        make_dm(qata_root, "qata_text_positions", dataset_options={"qata_text_positions": {"positions": "auto"}})
 
 
 def test_batches_do_not_depend_on_num_workers(qata_root: Path) -> None:

@@ -17,7 +17,7 @@ from textseg.data.synthetic import (
     qata_sized_config,
     region_boxes,
 )
-from textseg.data.synthetic import _opacity as opacity_profile
+from textseg.data.synthetic_images import _opacity as opacity_profile
 from textseg.errors import DataError
 from textseg.ops.text import position_label
 

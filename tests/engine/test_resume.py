@@ -41,10 +41,7 @@ def fit_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
         "fit",
         "--config", str(ROOT / "configs" / "demo_semimedref.yaml"),
         "--data.root", str(data),
-        "--data.synthetic_train", "24",
-        "--data.synthetic_val", "8",
-        "--data.synthetic_test", "8",
-        "--data.synthetic_image_size", "64",
+        "--data.dataset_options", "{synthetic: {n_train: 24, n_val: 8, n_test: 8, image_size: 64}}",
         "--data.image_size", "64",
         "--data.batch_size", "4",
         "--data.eval_batch_size", "8",
@@ -141,7 +138,8 @@ def test_resumed_metrics_are_identical(runs: dict[str, Any], name: str) -> None:
     ref = json.loads((runs["uninterrupted"] / "test_metrics.json").read_text())["metrics"]
     got = json.loads((runs[name] / "test_metrics.json").read_text())["metrics"]
     assert ref == got and "test_dice" in ref
-    # metrics.csv is continued, not restarted, by the resumed run (textseg.engine.loggers.CSVLogger): every epoch is there
+    # metrics.csv is continued, not restarted, by the resumed run (textseg.engine.loggers.CSVLogger): every epoch is
+    # there
     ref_val, got_val = val_rows(runs["uninterrupted"]), val_rows(runs[name])
     assert sorted(ref_val) == list(range(EPOCHS)) and ref_val == got_val
     assert csv_rows(runs["uninterrupted"]) == csv_rows(runs[name])

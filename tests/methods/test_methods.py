@@ -18,8 +18,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
 from textseg.data.datamodule import TextSegDataModule
-from textseg.ops.ema import EMATeacher
 from textseg.methods import SemiMedRefModule, SupervisedModule, TextSegModule
+from textseg.ops.ema import EMATeacher
 
 SMALL: dict[str, Any] = {"vision_encoder": "tiny", "text_encoder": "tiny", "project_dim": 16}
 #: Unsupervised branch on from the first step at full weight (lambda_u = 0.3).

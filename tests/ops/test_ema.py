@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from textseg.ops.ema import EMATeacher, linear_ramp, semimedref_momentum, textmoe_momentum
 from textseg.errors import DataError
+from textseg.ops.ema import EMATeacher, linear_ramp, semimedref_momentum, textmoe_momentum
 
 
 def _net(seed: int = 0) -> nn.Module:

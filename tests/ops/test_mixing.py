@@ -6,19 +6,21 @@ import pytest
 import torch
 
 from textseg.errors import DataError
-from textseg.ops.mixing import (
-    MixResult,
+from textseg.ops.boxes import (
     boxes_to_mask,
-    confident_fraction,
     cutmix_boxes,
-    lesion_gate,
     position_boxes,
-    pseudo_label,
-    random_permutation,
     region_box,
     sample_box_blocks,
     sample_prob_blocks,
     sample_random_blocks,
+)
+from textseg.ops.mixing import (
+    MixResult,
+    confident_fraction,
+    lesion_gate,
+    pseudo_label,
+    random_permutation,
     t_patchmix,
 )
 

@@ -19,18 +19,20 @@ from textseg.ops.text import (
     SIDES,
     UNK_POS_TOKEN,
     BareSide,
+    flip_position_label,
+    has_location,
+    position_label,
+    vflip_position_label,
+)
+from textseg.ops.text_aug import (
     Phrase,
     find_phrases,
     first_phrase,
-    flip_position_label,
-    has_location,
     pos_aug,
-    position_label,
     span_mix,
     swap_left_right,
     swap_upper_lower,
     text_strong,
-    vflip_position_label,
 )
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -243,8 +243,8 @@ def run_grid(
         dry_run: Only print the commands.
         max_runs: Run at most this many combinations (skipped finished ones do not count).
         force: Rerun combinations whose run directory holds ``test_metrics.json``.
-        in_process: Call :func:`textseg.cli.runner.run_guarded` in this process instead of a subprocess per run (faster start;
-            a failing run is recorded and the grid goes on; a hard crash ends it).
+        in_process: Call :func:`textseg.cli.runner.run_guarded` in this process instead of a subprocess per run
+            (faster start; a failing run is recorded and the grid goes on; a hard crash ends it).
         summary: JSON file recording every run's parameters, directory and status.
 
     Returns:

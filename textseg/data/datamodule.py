@@ -4,27 +4,34 @@ One dataset (QaTa-COV19, MosMedData+, or a synthetic stand-in) or several at onc
 data, Zeng et al. 2025): every sample carries its ``modality`` and ``dataset`` name, the label ratio is applied to each
 dataset separately, the smaller training sets are over-sampled, and validation/test metrics are reported per dataset.
 
+Datasets are named by their key in :data:`textseg.data.registry.DATASETS`, the one list of them: adding a dataset is
+one module and one registry line, with no change here. Options that belong to one dataset only are not DataModule
+arguments: ``dataset_options`` maps a dataset of the run to its factory's own keyword arguments (e.g.
+``{"mosmed": {"bare_side": "none"}, "synthetic": {"n_train": 800}}``), checked against the factory's signature
+when the DataModule is built.
+
 Training batches are dicts ``{"labeled": {...}, "unlabeled": {...}}`` built by Lightning's
 :class:`~lightning.pytorch.utilities.combined_loader.CombinedLoader` in ``max_size_cycle`` mode; the sample keys are
 documented once in :mod:`textseg.data.transforms`. Validation and test batches are plain labeled dicts.
 
 The training order and every sample's augmentation are pure functions of ``seed``, the epoch and the sample's
-position in the epoch's draw (:mod:`textseg.data.sampling`): they do not depend on ``num_workers``, and a run resumed from a
-mid-epoch checkpoint continues with exactly the batches an uninterrupted run would have seen. Under DDP every rank
-draws the epoch's order and keeps every ``world_size``-th position of it (``rank``, ``rank + world_size``, ...), so the
-ranks' batches are disjoint and together are exactly the batches (and augmentations) of a one-process run whose batch
-sizes are ``world_size`` times larger; ``batch_size`` and ``unlabeled_batch_size`` are per process. (Lightning's
+position in the epoch's draw (:mod:`textseg.data.sampling`): they do not depend on ``num_workers``, and a run resumed
+from a mid-epoch checkpoint continues with exactly the batches an uninterrupted run would have seen. Under DDP every
+rank draws the epoch's order and keeps every ``world_size``-th position of it (``rank``, ``rank + world_size``, ...), so
+the ranks' batches are disjoint and together are exactly the batches (and augmentations) of a one-process run whose
+batch sizes are ``world_size`` times larger; ``batch_size`` and ``unlabeled_batch_size`` are per process. (Lightning's
 default :class:`~torch.utils.data.DistributedSampler` would replace the labeled sampler with replacement by a plain
 partition, and yield no batch at all when a rank's share is smaller than ``batch_size``.) Validation and test loaders
 are left to Lightning's ``DistributedSampler``, which pads a split whose size is not a multiple of the world size.
 
 The labeled subset for ``labeled_ratio`` and ``seed`` is exactly Semi-MedRef's published one
-(``reference/data.md`` §6); the run writes the split it used to ``split.json`` in its log directory.
+(``docs/data.md`` §6); the run writes the split it used to ``split.json`` in its log directory.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,23 +42,31 @@ from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader
 
 from textseg.data.base import Record, SegDataset, Split
-from textseg.data.registry import load_dataset
+from textseg.data.registry import check_options, load_dataset
 from textseg.data.sampling import EpochSampler, ResumableLoader, SeededDataset, derive_seed
 from textseg.data.transforms import build_transform
 from textseg.errors import DataError
 
-#: Dataset names accepted by ``TextSegDataModule(dataset=...)``.
-DatasetName = Literal["qata", "mosmed", "synthetic", "synthetic_ct"]
-
 
 class TextSegDataModule(LightningDataModule):
-    """Paired image-text data for QaTa-COV19, MosMedData+ or the synthetic referring dataset.
+    """Paired image-text data for QaTa-COV19, MosMedData+, the synthetic referring datasets or any registered one.
 
     Args:
-        dataset: ``"qata"``, ``"mosmed"``, ``"synthetic"`` (X-ray-like) or ``"synthetic_ct"`` (CT-like), or a list of
-            them for composite training (TextMoE: ``[qata, mosmed]``).
+        dataset: A name of :data:`textseg.data.registry.DATASETS` (``"qata"``, ``"mosmed"``, ``"synthetic"``
+            (X-ray-like), ``"synthetic_ct"`` (CT-like), ...), or a list of them for composite training (TextMoE:
+            ``[qata, mosmed]``).
         root: Dataset root (one per dataset); the layout is detected (``textseg.data``). Synthetic datasets are
             generated there when the folder does not exist.
+        dataset_options: Per-dataset keyword arguments of the dataset's factory
+            (:func:`textseg.data.registry.load_dataset`), keyed by dataset name; every key must be a dataset of this
+            run and every inner key an argument of that dataset's factory. For example
+            ``{"mosmed": {"bare_side": "none"}, "synthetic": {"n_train": 800, "image_size": 224}}``, on the command
+            line ``--data.dataset_options '{mosmed: {bare_side: none}}'``. The options: ``mosmed``: ``bare_side``
+            (``"all"`` or ``"none"``, the positional-label convention for a bare "X lung", ``docs/data.md`` §4.3);
+            ``qata``: ``positions`` (source of the positional labels); ``synthetic`` / ``synthetic_ct``:
+            ``n_train``, ``n_val``, ``n_test``, ``image_size``, ``seed`` of the generated tree (defaults 400, 100,
+            100, 128 px, 0; a tree that exists is checked against the values given), ``positions`` (and
+            ``modality`` for ``synthetic``). ``None`` (default): every dataset with its factory's defaults.
         labeled_ratio: Share of each dataset's train split with masks, in (0, 1]; 1.0 uses all of it.
         oversample: Repetitions of each dataset's train records (labeled and unlabeled) in an epoch, one integer per
             dataset; ``None`` balances them: ``round(largest / size)`` (MosMed x3 beside QaTa, as TextMoE's code).
@@ -63,7 +78,7 @@ class TextSegDataModule(LightningDataModule):
         seed: Seed of the labeled split (42 reproduces Semi-MedRef) and of the sampling/augmentation streams.
         use_unlabeled: Emit the unlabeled loader (semi-supervised methods). Without it an epoch is one pass over
             the labeled subset; with it an epoch is one pass over the unlabeled set and the labeled set is sampled with
-            replacement to the same number of steps (Semi-MedRef, ``methods.md`` §6.6).
+            replacement to the same number of steps (Semi-MedRef, ``docs/methods.md`` §6.6).
         zoom_prob: Probability of the weak view's ``RandZoomd``.
         zoom_min: Smallest zoom factor of the weak view.
         zoom_max: Largest zoom factor of the weak view.
@@ -74,22 +89,22 @@ class TextSegDataModule(LightningDataModule):
         strong_blur_sigma: Range of the blur's sigma in pixels at ``image_size`` (paper: 0.1-2.0 at 224; a run at
             a smaller size keeps the same blur relative to the image with the range scaled by ``image_size / 224``).
         legacy_clamp: Apply the strong jitter after the z-score (clamping to [0, 1]) as the public code does.
-        bare_side: MosMed positional-label convention for a bare "X lung" (``data.md`` §4.3).
         check: Input validation before training: ``"full"`` reads every mask, ``"fast"`` checks files and
             sizes only, ``"off"`` skips it.
-        synthetic_train: Synthetic train images (generation only).
-        synthetic_val: Synthetic validation images.
-        synthetic_test: Synthetic test images.
-        synthetic_image_size: Side of the generated synthetic images.
         predict_images: Folder of images for ``textseg predict`` (default: the test split of the dataset).
         predict_texts: CSV naming a text for every image of ``predict_images`` (``Image`` and ``text`` columns).
         predict_modality: Modality code of the ``predict_images`` (0 = X-ray, 1 = CT).
+
+    Raises:
+        DataError: For an invalid argument: among them a dataset name that is not registered, a
+            ``dataset_options`` key that is not a dataset of the run, or an option its dataset does not take.
     """
 
     def __init__(
         self,
-        dataset: DatasetName | list[DatasetName] = "synthetic",
+        dataset: str | list[str] = "synthetic",
         root: str | list[str] = "data/synthetic",
+        dataset_options: dict[str, dict[str, Any]] | None = None,
         labeled_ratio: float = 1.0,
         oversample: list[int] | None = None,
         image_size: int = 224,
@@ -108,12 +123,7 @@ class TextSegDataModule(LightningDataModule):
         strong_blur_prob: float = 0.5,
         strong_blur_sigma: tuple[float, float] = (0.1, 2.0),
         legacy_clamp: bool = False,
-        bare_side: Literal["all", "none"] = "all",
         check: Literal["full", "fast", "off"] = "full",
-        synthetic_train: int = 400,
-        synthetic_val: int = 100,
-        synthetic_test: int = 100,
-        synthetic_image_size: int = 128,
         predict_images: str | None = None,
         predict_texts: str | None = None,
         predict_modality: int = 0,
@@ -129,6 +139,7 @@ class TextSegDataModule(LightningDataModule):
         roots = [root] if isinstance(root, str) else list(root)
         if not names or len(roots) != len(names) or len(set(names)) != len(names):
             raise DataError(f"need one root per dataset and no repeated dataset, got dataset={dataset} root={root}")
+        options = self._check_dataset_options(names, dataset_options)
         if (predict_images is None) != (predict_texts is None):
             raise DataError("predict_images and predict_texts go together: give both or neither")
         if oversample is not None and (len(oversample) != len(names) or min(oversample) < 1):
@@ -136,9 +147,33 @@ class TextSegDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.dataset_names: list[str] = names
         self.roots: dict[str, str] = dict(zip(names, roots, strict=True))
+        self.dataset_options: dict[str, dict[str, Any]] = options
         self.datas: dict[str, SegDataset] = {}
         self.splits: dict[str, list[Record]] = {}
         self.sources: dict[str, list[str]] = {}
+
+    @staticmethod
+    def _check_dataset_options(
+        names: list[str], dataset_options: Mapping[str, Mapping[str, Any]] | None
+    ) -> dict[str, dict[str, Any]]:
+        """Each dataset's factory options: registered names, options only for the run's datasets, known options."""
+        for name in names:
+            check_options(name, {})  # a name that is not in the registry: the error lists the registered ones
+        given = dict(dataset_options or {})
+        stray = [key for key in given if key not in names]
+        if stray:
+            raise DataError(
+                f"dataset_options names {', '.join(repr(k) for k in stray)}, not a dataset of this run; "
+                f"the run's datasets are {', '.join(repr(n) for n in names)}"
+            )
+        options: dict[str, dict[str, Any]] = {}
+        for name in names:
+            opts = given.get(name) or {}
+            if not isinstance(opts, Mapping):
+                raise DataError(f"dataset_options[{name!r}] must map option names to values, got {opts!r}")
+            check_options(name, opts)
+            options[name] = dict(opts)
+        return options
 
     @property
     def hp(self) -> Any:
@@ -151,18 +186,7 @@ class TextSegDataModule(LightningDataModule):
         return next(iter(self.datas.values())) if len(self.datas) == 1 else None
 
     def _load(self, name: str) -> SegDataset:
-        hp = self.hp
-        kwargs: dict[str, Any] = {}
-        if name == "mosmed":
-            kwargs["bare_side"] = hp.bare_side
-        if name.startswith("synthetic"):
-            kwargs.update(
-                n_train=hp.synthetic_train,
-                n_val=hp.synthetic_val,
-                n_test=hp.synthetic_test,
-                image_size=hp.synthetic_image_size,
-            )
-        return load_dataset(name, self.roots[name], **kwargs)  # type: ignore[arg-type]
+        return load_dataset(name, self.roots[name], **self.dataset_options[name])
 
     def prepare_data(self) -> None:
         """Generate the synthetic datasets once (rank 0) when they do not exist yet."""
@@ -314,8 +338,8 @@ class TextSegDataModule(LightningDataModule):
         """Return ``CombinedLoader({"labeled": ..., "unlabeled": ...}, "max_size_cycle")``.
 
         Batch sizes are per process. Under DDP each sampler is this rank's share of the one-process draw
-        (:class:`~textseg.data.sampling.EpochSampler`), so ``world_size`` processes with batch ``B`` see the batches, and
-        the augmentations, of one process with batch ``world_size * B``. Both loaders are resumable mid-epoch.
+        (:class:`~textseg.data.sampling.EpochSampler`), so ``world_size`` processes with batch ``B`` see the batches,
+        and the augmentations, of one process with batch ``world_size * B``. Both loaders are resumable mid-epoch.
 
         Raises:
             DataError: If a training set has fewer samples than there are processes.

@@ -140,9 +140,9 @@ class SyntheticConfig:
 def qata_sized_config() -> SyntheticConfig:
     """The X-ray-like appearance with QaTa-sized lesions: about 6 % of the image instead of 2 %.
 
-    The seven real QaTa example masks (``docs/data.md`` §11) cover 1.3-21 % of the image (mean 9 %); the default opacities are
-    small, so T-PatchMix's lesion gate (Eq. 7 of Semi-MedRef) rarely accepts a block on them. Wider opacities fade
-    out at their region box border (``opacity_edge_taper``), so the box does not show as a line.
+    The seven real QaTa example masks (``docs/data.md`` §11) cover 1.3-21 % of the image (mean 9 %); the default
+    opacities are small, so T-PatchMix's lesion gate (Eq. 7 of Semi-MedRef) rarely accepts a block on them. Wider
+    opacities fade out at their region box border (``opacity_edge_taper``), so the box does not show as a line.
     """
     return SyntheticConfig(opacity_sigma=(0.06, 0.10), opacity_edge_taper=0.05)
 

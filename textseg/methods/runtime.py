@@ -1,7 +1,7 @@
 """Run plumbing shared by every method, kept out of the task logic of :class:`~textseg.methods.base.TextSegModule`.
 
-:class:`RunHooks` owns what a run needs whatever the method: the non-finite guard and exact resumption callbacks,
-the checkpoint stamps (:mod:`textseg.engine.checkpointing`), the averaging of the student's BatchNorm statistics over DDP
+:class:`RunHooks` owns what a run needs whatever the method: the non-finite guard and exact resumption callbacks, the
+checkpoint stamps (:mod:`textseg.engine.checkpointing`), the averaging of the student's BatchNorm statistics over DDP
 processes after each optimiser step, and the networks' memory format and compilation.
 """
 

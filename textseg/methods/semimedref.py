@@ -20,7 +20,7 @@ from torch import Tensor
 
 from textseg.methods.teacher import TeacherStudentModule
 from textseg.models.types import SegOutput
-from textseg.ops import mixing, text_aug
+from textseg.ops import boxes, mixing, text_aug
 from textseg.ops.ema import linear_ramp, semimedref_momentum
 from textseg.ops.losses import clip_loss, itcl_loss
 
@@ -183,13 +183,13 @@ class SemiMedRefModule(TeacherStudentModule):
         hp = self.hp
         b, _, h, w = probs.shape
         if hp.mix == "cutmix":
-            return mixing.cutmix_boxes(b, h, w, gen, device=probs.device)
+            return boxes.cutmix_boxes(b, h, w, gen, device=probs.device)
         if hp.mix_mode == "prob":
-            return mixing.sample_prob_blocks(probs[perm], hp.confidence, hp.mix_block, hp.mix_prob, gen)
+            return boxes.sample_prob_blocks(probs[perm], hp.confidence, hp.mix_block, hp.mix_prob, gen)
         if hp.mix_mode == "random":
-            return mixing.sample_random_blocks(b, hp.mix_block, hp.mix_prob, h, w, gen, device=probs.device)
-        boxes, allowed = mixing.position_boxes(texts, perm, h, w)  # [B, 4] on the CPU, checked there
-        return mixing.sample_box_blocks(boxes, allowed, hp.mix_block, hp.mix_prob, h, w, gen, device=probs.device)
+            return boxes.sample_random_blocks(b, hp.mix_block, hp.mix_prob, h, w, gen, device=probs.device)
+        regions, allowed = boxes.position_boxes(texts, perm, h, w)  # [B, 4] on the CPU, checked there
+        return boxes.sample_box_blocks(regions, allowed, hp.mix_block, hp.mix_prob, h, w, gen, device=probs.device)
 
     def _mix(
         self, image: Tensor, probs: Tensor, target: Tensor, texts: list[str], gen: torch.Generator

@@ -158,7 +158,7 @@ def _place(lo: Tensor, hi: Tensor, size: int, u: Tensor) -> tuple[Tensor, Tensor
 
 
 def position_boxes(texts: Sequence[str], perm: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
-    """Region boxes of position-constrained T-PatchMix and where mixing is allowed (``docs/methods.md`` Sec. 6.4 step 2).
+    """Region boxes of position-constrained T-PatchMix and where mixing is allowed (``docs/methods.md`` §6.4 step 2).
 
     Sample i's box is the region of the first positional phrase of its (student) text (:func:`region_box`). Mixing
     is disabled where that text has no phrase, or where the partner ``j = perm[i]`` names the other side

@@ -9,15 +9,11 @@ pseudo-label (Eq. 8):
     r_i = sum(P_j * M_i) / (sum(M_i) + eps),   M_hat_i = M_i * 1[r_i >= delta]   (7)
     Y_mix = 1[(1 - M_hat_i) * P_i + M_hat_i * P_j >= 0.5]                 (8)
 
-Block masks ``M_i`` come from one of the samplers below:
-
-* :func:`sample_box_blocks` -- the paper's position-constrained mode (``pos``, the main configuration): one
-  ``block x block`` square inside the coarse region named by sample ``i``'s positional phrase
-  (:func:`region_box`);
-* :func:`sample_prob_blocks` -- the probability-driven mode (``prob``): a block centred on a random pixel
-  where the partner's teacher probability is >= a threshold;
-* :func:`sample_random_blocks` -- the ``random`` mode: a block anywhere;
-* :func:`cutmix_boxes` -- naive CutMix (one random rectangle) for the Table 3 ablation.
+Block masks ``M_i`` come from one of the samplers of :mod:`textseg.ops.boxes`: ``sample_box_blocks`` (the paper's
+position-constrained mode ``pos``: one ``block x block`` square inside the coarse region named by sample ``i``'s
+positional phrase), ``sample_prob_blocks`` (``prob``: a block centred on a random pixel where the partner's teacher
+probability is >= a threshold), ``sample_random_blocks`` (``random``: a block anywhere) and ``cutmix_boxes`` (naive
+CutMix, one random rectangle, for the Table 3 ablation).
 
 Project decisions (``docs/methods.md`` Sec. 6.4): the gate is evaluated **before** pasting, so a rejected block is
 not pasted (``gate_before_paste=False`` reproduces the public code, which pastes first and gates only the
@@ -37,33 +33,14 @@ import torch
 from torch import Tensor
 
 from textseg.errors import DataError
-from textseg.ops.boxes import (
-    LEVELS,
-    SIDES,
-    _check_map,
-    _float_dtype,
-    boxes_to_mask,
-    cutmix_boxes,
-    region_box,
-    sample_box_blocks,
-    sample_prob_blocks,
-    sample_random_blocks,
-)
+from textseg.ops.boxes import _check_map, _float_dtype
 
 __all__ = [
-    "LEVELS",
-    "SIDES",
     "MixResult",
-    "boxes_to_mask",
     "confident_fraction",
-    "cutmix_boxes",
     "lesion_gate",
     "pseudo_label",
     "random_permutation",
-    "region_box",
-    "sample_box_blocks",
-    "sample_prob_blocks",
-    "sample_random_blocks",
     "t_patchmix",
 ]
 

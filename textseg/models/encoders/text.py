@@ -1,8 +1,9 @@
 """Text encoders: a frozen BERT-family encoder with a feature cache (``docs/methods.md`` §1.2, §9).
 
-A frozen, always-eval BERT-family encoder is loaded as a plain ``BertModel`` + ``BertTokenizer`` (never remote code), returning :class:`~textseg.models.types.TextFeatures`:
-last-layer token states, the key-padding mask and the three-layer mean used by the ITCL text head. A small LRU cache
-of per-text features avoids re-encoding the recurring referring texts.
+A frozen, always-eval BERT-family encoder is loaded as a plain ``BertModel`` + ``BertTokenizer`` (never remote code),
+returning :class:`~textseg.models.types.TextFeatures`: last-layer token states, the key-padding mask and the three-layer
+mean used by the ITCL text head. A small LRU cache of per-text features avoids re-encoding the recurring referring
+texts.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Vision encoders: ConvNeXt built from a hub id, a folder or a config (``docs/methods.md`` §1.1).
 
-Hugging Face ``ConvNextModel`` (Liu et al., "A ConvNet for the 2020s", CVPR 2022) built from a hub id, a local directory, a full-size random ConvNeXt-T config or a tiny test config, plus a
-key converter for the original facebookresearch checkpoints (``convnext_tiny_22k_224.pth``, used by MMI-UNet).
+Hugging Face ``ConvNextModel`` (Liu et al., "A ConvNet for the 2020s", CVPR 2022) built from a hub id, a local
+directory, a full-size random ConvNeXt-T config or a tiny test config, plus a key converter for the original
+facebookresearch checkpoints (``convnext_tiny_22k_224.pth``, used by MMI-UNet).
 """
 
 from __future__ import annotations
