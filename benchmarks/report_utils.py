@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from textseg.engine.callbacks import CARD_LIBRARIES, git_info, library_versions
+from textseg.engine.runcard import CARD_LIBRARIES, git_info, library_versions
 
 
 def add_threads_argument(parser: argparse.ArgumentParser, where: str = "") -> None:
@@ -35,30 +35,6 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def command_line(
-    script: str,
-    parser: argparse.ArgumentParser,
-    args: argparse.Namespace,
-    always: Sequence[str] = (),
-    skip: Sequence[str] = (),
-) -> str:
-    """The command that reproduces ``args``: every flag not at its default, and those in ``always`` (parser order).
-
-    ``skip`` leaves out flags that do not change the numbers (output paths).
-    """
-    parts = [f"python benchmarks/{script}"]
-    for dest, value in vars(args).items():
-        if dest in skip or (dest not in always and value == parser.get_default(dest)):
-            continue
-        if isinstance(value, bool):
-            parts += [f"--{dest}"] if value else []
-        elif isinstance(value, list | tuple):
-            parts += [f"--{dest}", *map(str, value)]
-        else:
-            parts += [f"--{dest}", str(value)]
-    return " ".join(parts)
-
-
 #: The run card's libraries plus the ones a seeded benchmark number also depends on.
 RESULT_LIBRARIES = (*CARD_LIBRARIES, "tokenizers", "numpy", "pillow")
 
@@ -71,14 +47,6 @@ def environment() -> dict[str, Any]:
     """
     cpu = f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
     return {**library_versions(RESULT_LIBRARIES), "cpu": cpu, "git": git_info(Path(__file__))}
-
-
-def environment_line(env: dict[str, Any]) -> str:
-    """``env`` (:func:`environment`) as one Markdown line."""
-    git = env.get("git") or {}
-    commit = f"{git['commit'][:7]}{' (dirty)' if git.get('dirty') else ''}" if git else "unknown"
-    items = [f"{k} {v}" for k, v in env.items() if k != "git"]
-    return "Environment: " + ", ".join([*items, f"textseg commit {commit}"]) + "."
 
 
 def cpu_model() -> str:

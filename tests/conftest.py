@@ -1,4 +1,10 @@
-"""Shared fixtures: tiny fake dataset trees in the real on-disk layouts."""
+"""Shared fixtures: tiny fake dataset trees in the real on-disk layouts, and the real annotation files.
+
+The real annotation files (QaTa-COV19 csv/json, MosMedDataPlus csvs, 7 example image/mask pairs) live outside
+the repository, in ``shared/data`` beside it. Tests reach them only through the ``shared_data`` fixture, which
+skips the test when the folder is absent. Set ``TEXTSEG_SHARED_DATA`` to another folder to override the location
+(``TEXTSEG_SHARED_DATA=/nonexistent`` checks that every test using the real files skips cleanly without them).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,21 @@ from fakedata import make_mosmed_tree, make_qata_tree
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The only place the tests build the path to shared/data: use the `shared_data` fixture, never this constant.
+_SHARED_DATA = Path(os.environ.get("TEXTSEG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real annotation files, ``shared/data`` beside the repository (or ``$TEXTSEG_SHARED_DATA``).
+
+    Holds ``QaTa-COV19/`` (train.csv, test.csv, annotation.json, derived/, examples/) and ``MosMedDataPlus/``
+    (the LViT csvs and semimedref_format/). Tests that need the real files take this fixture, directly or through
+    small fixtures of their own; they are skipped, not failed, when the folder does not exist.
+    """
+    if not _SHARED_DATA.is_dir():
+        pytest.skip(f"{_SHARED_DATA}: the real annotation files (shared/data beside the repository) are not available")
+    return _SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,12 @@
 
 A catalogue of broken inputs drives ``textseg fit/test/predict``; every one must end with a non-zero exit code and a
 message on stderr that names the problem (file or value, and a key phrase), without a traceback, and without
-writing anything: each case runs with ``--run_dir`` (and ``predict`` with a :class:`~textseg.engine.callbacks.MaskWriter`)
-pointing at fresh folders that must hold no file afterwards (empty folders made by the logger are tolerated). Broken
-trees are copies of the tiny good trees of ``conftest.py`` with one thing broken. Most cases run in-process
-(``textseg.cli.main.main``); two run through ``python -m textseg`` to cover the console path. Two more tests check that a
-failing run leaves a good earlier run directory and a good prediction folder byte-identical.
+writing anything: each case runs with ``--run_dir`` (and ``predict`` with a
+:class:`~textseg.engine.predictions.MaskWriter`) pointing at fresh folders that must hold no file afterwards (empty
+folders made by the logger are tolerated). Broken trees are copies of the tiny good trees of ``conftest.py`` with one
+thing broken. Most cases run in-process (``textseg.cli.main.main``); two run through ``python -m textseg`` to cover the
+console path. Two more tests check that a failing run leaves a good earlier run directory and a good prediction folder
+byte-identical.
 
 A case whose fix is missing can be marked as a strict expected failure with a reason starting with ``GAP`` (none is).
 """
@@ -67,7 +68,10 @@ def tiny_args(command: str, dataset: str, root: Path | str, work: Path, model: s
         f"--run_dir={work / 'run'}",
     ]
     if command == "predict":
-        args += ["--trainer.callbacks+=textseg.engine.callbacks.MaskWriter", f"--trainer.callbacks.output_dir={work / 'out'}"]
+        args += [
+            "--trainer.callbacks+=textseg.engine.predictions.MaskWriter",
+            f"--trainer.callbacks.output_dir={work / 'out'}",
+        ]
     return args
 
 

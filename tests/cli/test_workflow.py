@@ -16,33 +16,25 @@ import yaml
 from fakedata import write_png
 from PIL import Image
 
-from textseg.engine.callbacks import (
-    MaskWriter,
-    TextSegWandbLogger,
-    per_image_scores,
-    render_overlay,
-    run_facts,
-    wandb_offline_default,
-)
+from textseg.cli.grid import build_runs, expand_grid, load_sweep
 from textseg.cli.main import main
 from textseg.data.datamodule import TextSegDataModule
+from textseg.engine.overlays import render_overlay
+from textseg.engine.predictions import MaskWriter
+from textseg.engine.wandb import TextSegWandbLogger, run_facts, wandb_offline_default
 from textseg.errors import DataError
-from textseg.cli.grid import build_runs, expand_grid, load_sweep
 from textseg.methods import SupervisedModule
+from textseg.ops.metrics import per_image_scores
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "QaTa-COV19" / "examples"
 TINY = [
     "--data.image_size", "64",
     "--data.batch_size", "2",
     "--data.unlabeled_batch_size", "2",
     "--data.eval_batch_size", "4",
     "--data.num_workers", "0",
-    "--data.synthetic_train", "8",
-    "--data.synthetic_val", "4",
-    "--data.synthetic_test", "4",
-    "--data.synthetic_image_size", "64",
+    "--data.dataset_options", "{synthetic: {n_train: 8, n_val: 4, n_test: 4, image_size: 64}}",
     "--model.init_args.vision_encoder", "tiny",
     "--model.init_args.text_encoder", "tiny",
     "--model.init_args.project_dim", "16",
@@ -151,16 +143,16 @@ def test_mask_writer_fabricated_outputs(tmp_path: Path) -> None:
     assert np.asarray(overlay)[0, 0].tolist() == [100, 0, 0]
 
 
-def _example_folder(tmp_path: Path) -> tuple[Path, Path, dict[str, tuple[int, int]]]:
+def _example_folder(tmp_path: Path, examples: Path) -> tuple[Path, Path, dict[str, tuple[int, int]]]:
     """The 7 real QaTa example images in one folder, with a CSV naming their masks (GuideDecoder style)."""
     folder = tmp_path / "images"
     folder.mkdir()
     sizes = {}
-    for image in sorted(EXAMPLES.glob("*/images/*.png")):
+    for image in sorted(examples.glob("*/images/*.png")):
         shutil.copyfile(image, folder / image.name)
         with Image.open(image) as im:
             sizes[image.stem] = (im.height, im.width)
-    annotation = json.loads((EXAMPLES / "examples_annotation.json").read_text())
+    annotation = json.loads((examples / "examples_annotation.json").read_text())
     rows = [(e["image_path"], e["caption"]) for split in annotation.values() for e in split]
     texts = tmp_path / "texts.csv"
     with texts.open("w", newline="") as handle:
@@ -168,8 +160,8 @@ def _example_folder(tmp_path: Path) -> tuple[Path, Path, dict[str, tuple[int, in
     return folder, texts, sizes
 
 
-def test_predict_real_examples_tiny_model(tmp_path: Path) -> None:
-    folder, texts, sizes = _example_folder(tmp_path)
+def test_predict_real_examples_tiny_model(tmp_path: Path, shared_data: Path) -> None:
+    folder, texts, sizes = _example_folder(tmp_path, shared_data / "QaTa-COV19" / "examples")
     assert len(sizes) == 7
     out = tmp_path / "pred"
     main([
@@ -187,7 +179,7 @@ def test_predict_real_examples_tiny_model(tmp_path: Path) -> None:
         "--trainer.logger=false",
         f"--trainer.default_root_dir={tmp_path}",
         "--trainer.enable_progress_bar=false",
-        "--trainer.callbacks+=textseg.engine.callbacks.MaskWriter",
+        "--trainer.callbacks+=textseg.engine.predictions.MaskWriter",
         f"--trainer.callbacks.output_dir={out}",
         "--trainer.callbacks.write_probs=true",
     ])  # fmt: skip
@@ -314,8 +306,9 @@ def test_cli_loggers_and_run_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     """wandb.yaml on a config without a logger gets a CSV logger first; --run_dir is exact; a run card is added."""
     from lightning.pytorch.loggers import CSVLogger
 
-    from textseg.engine.callbacks import RunCardCallback, WandbOverlayCallback
     from textseg.cli.lightning import TextSegCLI
+    from textseg.engine.overlays import WandbOverlayCallback
+    from textseg.engine.runcard import RunCardCallback
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     base = [

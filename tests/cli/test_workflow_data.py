@@ -23,10 +23,6 @@ from textseg.data.synthetic import make_synthetic
 from textseg.errors import DataError
 from textseg.ops.text import position_label
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-QATA = DATA / "QaTa-COV19"
-MOSMED = DATA / "MosMedDataPlus"
-
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """Run `textseg ...` in-process; return (exit code, stdout)."""
@@ -60,20 +56,21 @@ def test_check_good_mosmed_tree_auto(mosmed_root: Path) -> None:
     assert len(report.warnings) == 3 and not report.problems
 
 
-def test_check_real_annotation_counts(tmp_path: Path) -> None:
+def test_check_real_annotation_counts(tmp_path: Path, shared_data: Path) -> None:
     """SGSeg tree for the real annotation.json: canonical counts, no warning, Semi-MedRef's labeled counts."""
-    root = make_qata_tree_from_annotation(tmp_path / "qata", QATA / "annotation.json")
+    root = make_qata_tree_from_annotation(tmp_path / "qata", shared_data / "QaTa-COV19" / "annotation.json")
     report = check_dataset(root, "qata", fast=True)
     assert report.usable and report.warnings == []
     assert report.counts == {"train": 5716, "val": 1429, "test": 2113}
     assert "labeled   1%: 57, 2%: 114, 5%: 286, 15%: 857 (seed 42)" in report.format()
 
 
-def test_check_real_mosmed_counts(tmp_path: Path) -> None:
+def test_check_real_mosmed_counts(tmp_path: Path, shared_data: Path) -> None:
+    mosmed = shared_data / "MosMedDataPlus"
     files = {
-        "train": MOSMED / "Train_text_MosMedData+ 1(in).csv",
-        "val": MOSMED / "Val_text_MosMedData+ 1(in).csv",
-        "test": MOSMED / "Test_text_MosMedData+(in).csv",
+        "train": mosmed / "Train_text_MosMedData+ 1(in).csv",
+        "val": mosmed / "Val_text_MosMedData+ 1(in).csv",
+        "test": mosmed / "Test_text_MosMedData+(in).csv",
     }
     root = make_mosmed_tree_from_csv(tmp_path / "mosmed", files)
     report = check_dataset(root, fast=True)

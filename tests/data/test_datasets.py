@@ -34,18 +34,30 @@ from textseg.data import (
 )
 from textseg.errors import DataError
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-QATA = DATA / "QaTa-COV19"
-MOSMED = DATA / "MosMedDataPlus"
-SEMI = MOSMED / "semimedref_format"
 RATIOS = (0.01, 0.02, 0.05, 0.15)
 COMPLEMENT = {0.01: "0.99", 0.02: "0.98", 0.05: "0.95", 0.15: "0.85"}
-LVIT_MOSMED: dict[Split, Path] = {
-    "train": MOSMED / "Train_text_MosMedData+ 1(in).csv",
-    "val": MOSMED / "Val_text_MosMedData+ 1(in).csv",
-    "test": MOSMED / "Test_text_MosMedData+(in).csv",
-}
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared/data not found beside the repository")
+
+
+@pytest.fixture(scope="module")
+def qata(shared_data: Path) -> Path:
+    return shared_data / "QaTa-COV19"
+
+
+@pytest.fixture(scope="module")
+def semi(shared_data: Path) -> Path:
+    """Semi-MedRef's copies of the MosMed text files, with positional labels (*.plabel.csv)."""
+    return shared_data / "MosMedDataPlus" / "semimedref_format"
+
+
+@pytest.fixture(scope="module")
+def lvit_mosmed(shared_data: Path) -> dict[Split, Path]:
+    """LViT's MosMedData+ text file of each split."""
+    mosmed = shared_data / "MosMedDataPlus"
+    return {
+        "train": mosmed / "Train_text_MosMedData+ 1(in).csv",
+        "val": mosmed / "Val_text_MosMedData+ 1(in).csv",
+        "test": mosmed / "Test_text_MosMedData+(in).csv",
+    }
 
 
 def assert_matches(ds: SegDataset, tree: FakeTree) -> None:
@@ -147,15 +159,14 @@ def test_text_table_formats(tmp_path: Path) -> None:
     assert rows_comma[0].line == 2
 
 
-@needs_data
-def test_text_table_real_files() -> None:
-    for split, path in LVIT_MOSMED.items():
-        lvit = read_text_table(path)
-        semi = read_text_table(SEMI / path.name)
-        assert len(lvit) == {"train": 2183, "val": 273, "test": 273}[split]
-        assert [(r.image, r.text) for r in lvit] == [(r.image, r.text) for r in semi]
-    qata = read_text_table(QATA / "train.csv", ("image",), ("description",))
-    assert len(qata) == 7145 and qata[0].image == "mask_covid_1.png"
+def test_text_table_real_files(lvit_mosmed: dict[Split, Path], semi: Path, qata: Path) -> None:
+    for split, path in lvit_mosmed.items():
+        lvit_rows = read_text_table(path)
+        semi_rows = read_text_table(semi / path.name)
+        assert len(lvit_rows) == {"train": 2183, "val": 273, "test": 273}[split]
+        assert [(r.image, r.text) for r in lvit_rows] == [(r.image, r.text) for r in semi_rows]
+    qata_rows = read_text_table(qata / "train.csv", ("image",), ("description",))
+    assert len(qata_rows) == 7145 and qata_rows[0].image == "mask_covid_1.png"
 
 
 def test_text_table_bad(tmp_path: Path) -> None:
@@ -246,12 +257,11 @@ def test_qata_80_20_rule(tmp_path: Path) -> None:
     assert [r.id for r in ds.records("val")] == tree.ids("val")
 
 
-@needs_data
-def test_real_examples_as_sgseg_tree(tmp_path: Path) -> None:
+def test_real_examples_as_sgseg_tree(tmp_path: Path, qata: Path) -> None:
     root = tmp_path / "examples"
     for folder in ("train", "valid", "test"):
-        shutil.copytree(QATA / "examples" / folder, root / folder)
-    shutil.copyfile(QATA / "examples" / "examples_annotation.json", root / "annotation.json")
+        shutil.copytree(qata / "examples" / folder, root / folder)
+    shutil.copyfile(qata / "examples" / "examples_annotation.json", root / "annotation.json")
     ds = load_dataset("qata", root)
     assert ds.layout == "sgseg"
     assert [len(ds.records(s)) for s in SPLITS] == [2, 2, 3]
@@ -280,23 +290,22 @@ def test_real_examples_as_sgseg_tree(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def membership() -> dict[float, list[str]]:
+def membership(qata: Path) -> dict[float, list[str]]:
     import csv
 
-    with (QATA / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
+    with (qata / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     return {r: [row["image_path"] for row in rows if row[f"labeled_{r}"] == "1"] for r in RATIOS}
 
 
 @pytest.fixture(scope="module")
-def real_qata_trees(tmp_path_factory: pytest.TempPathFactory) -> tuple[QaTaCOV19, QaTaCOV19]:
+def real_qata_trees(tmp_path_factory: pytest.TempPathFactory, qata: Path) -> tuple[QaTaCOV19, QaTaCOV19]:
     base = tmp_path_factory.mktemp("real_qata")
-    make_qata_tree_from_annotation(base / "sgseg", QATA / "annotation.json")
-    make_qata_tree_from_csv(base / "gd", QATA / "train.csv", QATA / "test.csv", "guidedecoder")
+    make_qata_tree_from_annotation(base / "sgseg", qata / "annotation.json")
+    make_qata_tree_from_csv(base / "gd", qata / "train.csv", qata / "test.csv", "guidedecoder")
     return QaTaCOV19(base / "sgseg"), QaTaCOV19(base / "gd")
 
 
-@needs_data
 def test_real_qata_class_split(real_qata_trees: tuple[QaTaCOV19, QaTaCOV19], membership: dict) -> None:
     sgseg, gd = real_qata_trees
     assert [len(sgseg.records(s)) for s in SPLITS] == [5716, 1429, 2113]
@@ -318,7 +327,6 @@ def test_real_qata_class_split(real_qata_trees: tuple[QaTaCOV19, QaTaCOV19], mem
     assert agree / 9258 > 0.99
 
 
-@needs_data
 def test_real_qata_header_check(real_qata_trees: tuple[QaTaCOV19, QaTaCOV19]) -> None:
     sgseg, _ = real_qata_trees
     sgseg.check(splits=("val",), full=True)
@@ -326,8 +334,8 @@ def test_real_qata_header_check(real_qata_trees: tuple[QaTaCOV19, QaTaCOV19]) ->
 
 
 @pytest.fixture(scope="module")
-def real_mosmed(tmp_path_factory: pytest.TempPathFactory) -> MosMedDataPlus:
-    root = make_mosmed_tree_from_csv(tmp_path_factory.mktemp("real_mosmed") / "m", LVIT_MOSMED)
+def real_mosmed(tmp_path_factory: pytest.TempPathFactory, lvit_mosmed: dict[Split, Path]) -> MosMedDataPlus:
+    root = make_mosmed_tree_from_csv(tmp_path_factory.mktemp("real_mosmed") / "m", lvit_mosmed)
     return MosMedDataPlus(root)
 
 
@@ -335,30 +343,28 @@ def _plabel(path: Path) -> list[tuple[str, tuple[int, ...]]]:
     return [(r.image, tuple(ast.literal_eval(r.extra["pseudo_label"]))) for r in read_text_table(path)]
 
 
-@needs_data
-def test_real_mosmed_class_split(real_mosmed: MosMedDataPlus) -> None:
+def test_real_mosmed_class_split(real_mosmed: MosMedDataPlus, semi: Path) -> None:
     ds = real_mosmed
     assert (ds.layout, ds.modality, ds.name) == ("kaggle", 1, "mosmed")
     assert [len(ds.records(s)) for s in SPLITS] == [2183, 273, 273]
     for ratio in RATIOS:
         labeled, unlabeled = ds.labeled_split(ratio)
-        published_l = _plabel(SEMI / f"labeled_{ratio}.plabel.csv")
-        published_u = _plabel(SEMI / f"unlabeled_{COMPLEMENT[ratio]}.plabel.csv")
+        published_l = _plabel(semi / f"labeled_{ratio}.plabel.csv")
+        published_u = _plabel(semi / f"unlabeled_{COMPLEMENT[ratio]}.plabel.csv")
         # Same rows in the same order, and the same "bare side = all" positional labels (data.md §4.3).
         assert [(r.key, r.position) for r in labeled] == published_l
         assert [(r.key, r.position) for r in unlabeled] == published_u
     assert ds.labeled_split(1.0)[0] == ds.labeled_split(1.0)[1] == ds.records("train")
 
 
-@needs_data
-def test_real_mosmed_bare_none_and_comma_files(tmp_path: Path) -> None:
-    semi = {s: SEMI / p.name for s, p in LVIT_MOSMED.items()}
-    root = make_mosmed_tree_from_csv(tmp_path / "m", semi, layout="split_folders", text_dir="data_splits")
+def test_real_mosmed_bare_none_and_comma_files(tmp_path: Path, lvit_mosmed: dict[Split, Path], semi: Path) -> None:
+    semi_files = {s: semi / p.name for s, p in lvit_mosmed.items()}
+    root = make_mosmed_tree_from_csv(tmp_path / "m", semi_files, layout="split_folders", text_dir="data_splits")
     ds = MosMedDataPlus(root, bare_side="none")
     assert ds.layout == "split_folders"
     # Semi-MedRef's Train/Val/Test .plabel.csv files use the "bare side = nothing" convention.
-    for split, path in LVIT_MOSMED.items():
-        published = _plabel(SEMI / path.name.replace(".csv", ".plabel.csv"))
+    for split, path in lvit_mosmed.items():
+        published = _plabel(semi / path.name.replace(".csv", ".plabel.csv"))
         assert [(r.key, r.position) for r in ds.records(split)] == published
 
 

@@ -13,34 +13,38 @@ from textseg.data.io import read_text_table
 from textseg.data.splits import check_ratio, labeled_count, select_labeled, shuffled_names
 from textseg.errors import DataError
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-QATA = DATA / "QaTa-COV19"
-MOSMED = DATA / "MosMedDataPlus"
-SEMI = MOSMED / "semimedref_format"
 RATIOS = (0.01, 0.02, 0.05, 0.15)
 QATA_COUNTS = {0.01: 57, 0.02: 114, 0.05: 286, 0.15: 857}
 MOSMED_COUNTS = {0.01: 21, 0.02: 43, 0.05: 109, 0.15: 327}
 COMPLEMENT = {0.01: "0.99", 0.02: "0.98", 0.05: "0.95", 0.15: "0.85"}
 
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared/data not found beside the repository")
+
+@pytest.fixture(scope="module")
+def qata(shared_data: Path) -> Path:
+    return shared_data / "QaTa-COV19"
 
 
 @pytest.fixture(scope="module")
-def qata_keys() -> list[str]:
-    data = json.loads((QATA / "annotation.json").read_text(encoding="utf-8"))
+def mosmed(shared_data: Path) -> Path:
+    return shared_data / "MosMedDataPlus"
+
+
+@pytest.fixture(scope="module")
+def qata_keys(qata: Path) -> list[str]:
+    data = json.loads((qata / "annotation.json").read_text(encoding="utf-8"))
     return [e["image_path"] for e in data["train"]]
 
 
 @pytest.fixture(scope="module")
-def membership() -> dict[float, list[str]]:
-    with (QATA / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
+def membership(qata: Path) -> dict[float, list[str]]:
+    with (qata / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     return {r: [row["image_path"] for row in rows if row[f"labeled_{r}"] == "1"] for r in RATIOS}
 
 
 @pytest.fixture(scope="module")
-def mosmed_train() -> list[str]:
-    return [r.image for r in read_text_table(MOSMED / "Train_text_MosMedData+ 1(in).csv")]
+def mosmed_train(mosmed: Path) -> list[str]:
+    return [r.image for r in read_text_table(mosmed / "Train_text_MosMedData+ 1(in).csv")]
 
 
 def _images(path: Path) -> list[str]:
@@ -50,7 +54,6 @@ def _images(path: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------------- QaTa
 
 
-@needs_data
 def test_qata_shuffle_test_vector(qata_keys: list[str]) -> None:
     assert len(qata_keys) == 5716
     assert shuffled_names(qata_keys, 42)[:5] == [
@@ -62,7 +65,6 @@ def test_qata_shuffle_test_vector(qata_keys: list[str]) -> None:
     ]
 
 
-@needs_data
 @pytest.mark.parametrize("ratio", RATIOS)
 def test_qata_matches_membership(ratio: float, qata_keys: list[str], membership: dict[float, list[str]]) -> None:
     labeled = select_labeled(qata_keys, ratio, 42, "round")
@@ -72,7 +74,6 @@ def test_qata_matches_membership(ratio: float, qata_keys: list[str], membership:
     assert labeled == [k for k in qata_keys if k in set(labeled)]
 
 
-@needs_data
 def test_qata_r002_prefix(qata_keys: list[str]) -> None:
     assert select_labeled(qata_keys, 0.02)[:5] == [
         "mask_covid_1200.png",
@@ -83,7 +84,6 @@ def test_qata_r002_prefix(qata_keys: list[str]) -> None:
     ]
 
 
-@needs_data
 def test_qata_case_does_not_matter(qata_keys: list[str]) -> None:
     # data.md §7: QaTa membership is shuffled in file order, so renaming does not change the chosen positions.
     upper = [k.replace("sub-s", "sub-S").replace("_ses-e", "_ses-E") for k in qata_keys]
@@ -95,7 +95,6 @@ def test_qata_case_does_not_matter(qata_keys: list[str]) -> None:
 # --------------------------------------------------------------------------------------------------- MosMed
 
 
-@needs_data
 def test_mosmed_shuffle_test_vector(mosmed_train: list[str]) -> None:
     assert len(mosmed_train) == 2183
     assert shuffled_names(sorted(mosmed_train), 42)[:5] == [
@@ -107,19 +106,17 @@ def test_mosmed_shuffle_test_vector(mosmed_train: list[str]) -> None:
     ]
 
 
-@needs_data
 @pytest.mark.parametrize("ratio", RATIOS)
-def test_mosmed_matches_published(ratio: float, mosmed_train: list[str]) -> None:
+def test_mosmed_matches_published(ratio: float, mosmed_train: list[str], mosmed: Path) -> None:
     chosen = set(select_labeled(sorted(mosmed_train), ratio, 42, "floor"))
     assert len(chosen) == MOSMED_COUNTS[ratio] == max(1, math.floor(2183 * ratio))
-    labeled_file = _images(SEMI / f"labeled_{ratio}.plabel.csv")
-    unlabeled_file = _images(SEMI / f"unlabeled_{COMPLEMENT[ratio]}.plabel.csv")
+    labeled_file = _images(mosmed / "semimedref_format" / f"labeled_{ratio}.plabel.csv")
+    unlabeled_file = _images(mosmed / "semimedref_format" / f"unlabeled_{COMPLEMENT[ratio]}.plabel.csv")
     # Row for row, in the original CSV order.
     assert labeled_file == [n for n in mosmed_train if n in chosen]
     assert unlabeled_file == [n for n in mosmed_train if n not in chosen]
 
 
-@needs_data
 def test_mosmed_r005_prefix_and_case_sensitivity(mosmed_train: list[str]) -> None:
     chosen = set(select_labeled(sorted(mosmed_train), 0.05, rounding="floor"))
     in_file_order = [n for n in mosmed_train if n in chosen]
@@ -129,7 +126,6 @@ def test_mosmed_r005_prefix_and_case_sensitivity(mosmed_train: list[str]) -> Non
     assert other != chosen
 
 
-@needs_data
 def test_nested(qata_keys: list[str], mosmed_train: list[str]) -> None:
     for names, rounding in ((qata_keys, "round"), (sorted(mosmed_train), "floor")):
         previous: set[str] = set()

@@ -33,8 +33,8 @@ import transformers
 import yaml
 from torch import Tensor
 
-from textseg.cli.main import main
 from textseg.cli.lightning import TextSegCLI, run_lightning_cli
+from textseg.cli.main import main
 from textseg.methods import SemiMedRefModule, SupervisedModule, TextSegModule
 from textseg.methods.textmoe import TextMoEModule
 from textseg.models.encoders import TINY_TEXT_VOCAB, TextEncoder, build_vision_encoder
@@ -167,7 +167,10 @@ class _Guard:
 
 
 #: The modules ``import`` must load without touching the network.
-IMPORTS = "import textseg, textseg.cli.main, textseg.cli.lightning, textseg.engine.callbacks, textseg.models.encoders"
+IMPORTS = (
+    "import textseg, textseg.cli.main, textseg.cli.lightning, textseg.engine.wandb, textseg.engine.overlays, "
+    "textseg.engine.predictions, textseg.engine.runcard, textseg.models.encoders"
+)
 #: The demo, shortened: one epoch of two batches on a small generated synthetic set, then the test of the best
 #: checkpoint. The packaged MiniLM text encoder of the demo config is kept.
 DEMO = [
@@ -179,10 +182,7 @@ DEMO = [
     "--trainer.limit_test_batches", "1",
     "--trainer.enable_progress_bar", "false",
     "--test_after_fit", "true",
-    "--data.synthetic_train", "32",
-    "--data.synthetic_val", "8",
-    "--data.synthetic_test", "8",
-    "--data.synthetic_image_size", "64",
+    "--data.dataset_options", "{synthetic: {n_train: 32, n_val: 8, n_test: 8, image_size: 64}}",
 ]  # fmt: skip
 
 
@@ -283,10 +283,7 @@ TINY_RUN = [
     "--data.unlabeled_batch_size", "2",
     "--data.eval_batch_size", "4",
     "--data.num_workers", "0",
-    "--data.synthetic_train", "8",
-    "--data.synthetic_val", "4",
-    "--data.synthetic_test", "4",
-    "--data.synthetic_image_size", "64",
+    "--data.dataset_options", "{synthetic: {n_train: 8, n_val: 4, n_test: 4, image_size: 64}}",
     "--trainer.accelerator", "cpu",
     "--trainer.limit_val_batches", "1",
     "--trainer.limit_test_batches", "1",

@@ -53,11 +53,11 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
-from textseg.engine.callbacks import RunCardCallback
 from textseg.data.datamodule import TextSegDataModule
-from textseg.ops.ema import EMATeacher
 from textseg.engine.guards import NonFiniteGuard
+from textseg.engine.runcard import RunCardCallback
 from textseg.methods import SemiMedRefModule, TextMoEModule, TextSegModule
+from textseg.ops.ema import EMATeacher
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"

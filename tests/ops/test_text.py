@@ -35,13 +35,6 @@ from textseg.ops.text_aug import (
     text_strong,
 )
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-QATA = DATA / "QaTa-COV19"
-MOSMED = DATA / "MosMedDataPlus" / "semimedref_format"
-
-needs_qata = pytest.mark.skipif(not (QATA / "annotation.json").is_file(), reason="QaTa data not available")
-needs_mosmed = pytest.mark.skipif(not MOSMED.is_dir(), reason="MosMed data not available")
-
 # Residual disagreements with Ye et al. (documented in the report): with bare_side="inherit" only the three
 # rows below disagree; the first text occurs three times in QaTa with three different labels.
 MAX_YE_MISMATCHES = {"inherit": 3, "all": 7}
@@ -56,13 +49,24 @@ def _phrase_label(phrases: list[Phrase]) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def qata_rows() -> list[tuple[str, str, list[int], str]]:
+def qata(shared_data: Path) -> Path:
+    return shared_data / "QaTa-COV19"
+
+
+@pytest.fixture(scope="module")
+def mosmed(shared_data: Path) -> Path:
+    """Semi-MedRef's MosMed text files with positional labels (*.plabel.csv)."""
+    return shared_data / "MosMedDataPlus" / "semimedref_format"
+
+
+@pytest.fixture(scope="module")
+def qata_rows(qata: Path) -> list[tuple[str, str, list[int], str]]:
     """(mask name, raw LViT text, Ye label, Ye caption) for all 9,258 QaTa images."""
-    annotation = json.loads((QATA / "annotation.json").read_text(encoding="utf-8"))
+    annotation = json.loads((qata / "annotation.json").read_text(encoding="utf-8"))
     ye = {e["image_path"]: e for split in ("train", "valid", "test") for e in annotation[split]}
     rows = []
     for name in ("train.csv", "test.csv"):
-        with open(QATA / name, encoding="utf-8-sig", newline="") as handle:
+        with open(qata / name, encoding="utf-8-sig", newline="") as handle:
             for row in csv.DictReader(handle):
                 entry = ye[row["Image"].lower()]
                 rows.append((row["Image"], row["Description"], list(entry["pseudo_label"]), entry["caption"]))
@@ -75,8 +79,8 @@ def _read_plabel(path: Path) -> list[tuple[str, list[int]]]:
 
 
 @pytest.fixture(scope="module")
-def mosmed_texts() -> list[str]:
-    return [text for text, _ in _read_plabel(MOSMED / "Train_text_MosMedData+ 1(in).plabel.csv")]
+def mosmed_texts(mosmed: Path) -> list[str]:
+    return [text for text, _ in _read_plabel(mosmed / "Train_text_MosMedData+ 1(in).plabel.csv")]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -84,7 +88,6 @@ def mosmed_texts() -> list[str]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-@needs_qata
 @pytest.mark.parametrize("bare_side", ["inherit", "all"])
 def test_qata_agreement_with_ye(qata_rows, bare_side):
     assert len(qata_rows) == 9258
@@ -97,7 +100,6 @@ def test_qata_agreement_with_ye(qata_rows, bare_side):
     assert len(bad) <= MAX_YE_MISMATCHES[bare_side]
 
 
-@needs_qata
 def test_qata_captions_parse_exactly(qata_rows):
     # Ye's captions are regenerated from the labels, so both the parser and the phrase pattern recover them.
     multi = 0
@@ -109,9 +111,8 @@ def test_qata_captions_parse_exactly(qata_rows):
     assert multi == 7334  # data.md §8
 
 
-@needs_mosmed
-def test_mosmed_agreement_with_semimedref():
-    files = sorted(MOSMED.glob("*.plabel.csv"))
+def test_mosmed_agreement_with_semimedref(mosmed):
+    files = sorted(mosmed.glob("*.plabel.csv"))
     assert len(files) == 11
     for path in files:
         bare_side: BareSide = "none" if "(in)" in path.name else "all"
@@ -222,7 +223,6 @@ def test_has_location_and_regions():
 # ------------------------------------------------------------------------------------------------------------
 
 
-@needs_qata
 def test_find_phrases_offsets_on_real_texts(qata_rows):
     for _, text, _, caption in qata_rows:
         for source in (text, caption):
@@ -248,7 +248,6 @@ def test_find_phrases_examples():
     assert first_phrase(P + "middle left lung and upper right lung.") == Phrase(51, 67, "left", ("middle",))
 
 
-@needs_mosmed
 def test_mosmed_phrase_coverage(mosmed_texts):
     missing = [t for t in mosmed_texts if first_phrase(t) is None]
     assert len(missing) == 63  # data.md §8: 43 "no infection" texts + 20 with only "all"/bare sides
@@ -298,7 +297,6 @@ def test_pos_aug_statistics(edit_prob, rho):
     assert abs(counts["unk"] / edits - rho) < 0.03
 
 
-@needs_mosmed
 def test_pos_aug_leaves_texts_without_phrases(mosmed_texts):
     rng = random.Random(5)
     without = [t for t in mosmed_texts if not find_phrases(t)]
@@ -318,7 +316,6 @@ def test_pos_aug_validates_probabilities(name, kwargs):
 # ------------------------------------------------------------------------------------------------------------
 
 
-@needs_qata
 def test_span_mix_on_real_captions(qata_rows):
     rng = random.Random(3)
     captions = [caption for _, _, _, caption in qata_rows]
@@ -361,8 +358,6 @@ def test_span_mix_examples():
 _PLAIN_WORDS = {"upper", "middle", "lower", "left", "right", "lung", "all", "and"}
 
 
-@needs_qata
-@needs_mosmed
 def test_swaps_on_real_texts(qata_rows, mosmed_texts):
     texts = sorted({text for _, text, _, _ in qata_rows} | {c for _, _, _, c in qata_rows} | set(mosmed_texts))
     assert len(texts) == 545

@@ -18,7 +18,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from textseg.data.datamodule import TextSegDataModule
 from textseg.engine import checkpointing
-from textseg.engine.callbacks import RunCardCallback, TextSegWandbLogger
+from textseg.engine.runcard import RunCardCallback
+from textseg.engine.wandb import TextSegWandbLogger
 from textseg.errors import DataError
 from textseg.methods import SemiMedRefModule, SupervisedModule, TextSegModule
 
@@ -203,7 +204,7 @@ class TextSegCLI(LightningCLI):
         trainer["logger"] = [csv, *items]
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Instantiate the trainer and add a :class:`~textseg.engine.callbacks.RunCardCallback` if the config has none."""
+        """Instantiate the trainer and add a :class:`~textseg.engine.runcard.RunCardCallback` if the config has none."""
         trainer = super().instantiate_trainer(**kwargs)
         callbacks: list[Any] = getattr(trainer, "callbacks", [])
         if not any(isinstance(cb, RunCardCallback) for cb in callbacks):
@@ -243,7 +244,7 @@ class TextSegCLI(LightningCLI):
         if not writers:
             rank_zero_warn(
                 "textseg predict without a prediction writer writes nothing; add "
-                "--trainer.callbacks+=textseg.engine.callbacks.MaskWriter --trainer.callbacks.output_dir DIR"
+                "--trainer.callbacks+=textseg.engine.predictions.MaskWriter --trainer.callbacks.output_dir DIR"
             )
 
     def after_fit(self) -> None:

@@ -5,10 +5,10 @@ Examples:
     textseg fit --config configs/demo_semimedref.yaml --config configs/logger/wandb.yaml --seed 43
     textseg test --config configs/semimedref_mmiunet.yaml --ckpt_path runs/.../best.ckpt
     textseg predict --config configs/demo_semimedref.yaml --ckpt_path runs/.../best.ckpt \
-        --trainer.callbacks+=textseg.engine.callbacks.MaskWriter --trainer.callbacks.output_dir predictions
+        --trainer.callbacks+=textseg.engine.predictions.MaskWriter --trainer.callbacks.output_dir predictions
     textseg data check /data/QaTa-COV19
     textseg report runs/ --out report/
-    textseg grid configs/sweeps/semimedref_ratios.yaml --dry-run
+    textseg grid configs/sweeps/semimedref_qata.yaml --dry-run
 
 Errors in the user's input (:class:`~textseg.errors.DataError`: a missing or broken file, a bad value, a checkpoint that
 does not fit the configured model) and a non-finite loss end the command with one line ``textseg: error: ...`` on
@@ -19,7 +19,7 @@ errors (unknown key, wrong type) are reported by jsonargparse the same way.
 :mod:`textseg.cli.grid`) dispatched before LightningCLI, without importing Lightning. The Lightning subcommands run
 :class:`~textseg.cli.lightning.TextSegCLI`: every one also accepts ``--seed`` (one seed for ``seed_everything``,
 ``data.seed`` and the method's ``aug_seed``) and ``--run_dir`` (write the run into exactly this folder), and ``fit``
-always writes ``run_card.json`` (:class:`~textseg.engine.callbacks.RunCardCallback`).
+always writes ``run_card.json`` (:class:`~textseg.engine.runcard.RunCardCallback`).
 """
 
 from __future__ import annotations

@@ -132,8 +132,8 @@ class ResumeState(Callback):
     """Make a resumed ``fit`` continue exactly: RNG states in checkpoints, ``metrics.csv`` continued, SIGTERM save.
 
     * Every checkpoint gets the global RNG states (``checkpoint["textseg_rng"]``); when ``fit`` resumes from one they
-      are restored, and loggers with a ``resume_at(step)`` method (:class:`textseg.engine.loggers.CSVLogger`) continue their
-      files from the checkpoint's step.
+      are restored, and loggers with a ``resume_at(step)`` method (:class:`textseg.engine.loggers.CSVLogger`) continue
+      their files from the checkpoint's step.
     * SIGTERM: Lightning only notices it at the end of the epoch when it runs in one process; a pre-empted SLURM job
       gets seconds, not an epoch. This callback checks after every batch (agreeing over DDP processes, so all of them
       save together), writes the full training state to the checkpoint directory's ``last.ckpt`` (what

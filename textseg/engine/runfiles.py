@@ -18,7 +18,20 @@ METRICS_FILE = "test_metrics.json"
 def write_test_metrics(
     log_dir: str | Path, method: str, hparams: Mapping[str, Any], data: Mapping[str, Any], metrics: Mapping[str, float]
 ) -> Path:
-    """Write a run's :data:`METRICS_FILE` ``{"method", "hparams", "data", "metrics"}`` (read by :func:`textseg.cli.report.load_run`)."""
+    """Write a run's :data:`METRICS_FILE` ``{"method", "hparams", "data", "metrics"}``.
+
+    ``textseg report`` reads it back (:func:`textseg.cli.report.load_run`).
+
+    Args:
+        log_dir: The run directory.
+        method: The method's class name.
+        hparams: The method's hyperparameters.
+        data: The DataModule's hyperparameters.
+        metrics: The test metrics.
+
+    Returns:
+        The path written.
+    """
     path = Path(log_dir) / METRICS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"method": method, "hparams": dict(hparams), "data": dict(data), "metrics": dict(metrics)}

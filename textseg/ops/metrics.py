@@ -1,4 +1,4 @@
-"""Segmentation metrics, named and aggregated as ``reference/data.md`` §10.3 decides.
+"""Segmentation metrics, named and aggregated as ``docs/data.md`` §10.3 decides.
 
 Two conventions are reported side by side because they differ by 6-8 Dice points on the same predictions:
 
@@ -36,8 +36,28 @@ def binarize_logits(logits: Tensor) -> Tensor:
     return (logits >= 0).long()
 
 
+def per_image_scores(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """LViT per-image Dice and IoU of binary predictions (``docs/data.md`` §10.2).
+
+    Args:
+        preds: Binary predictions ``[B, ...]``.
+        target: Binary targets ``[B, ...]``.
+
+    Returns:
+        ``(dice, iou)``, float64 ``[B]``: Dice = 2 sum(t*p) / (sum t + sum p + 1e-5); IoU = |t & p| / |t | p|, 0 when
+        the union is empty.
+    """
+    p = preds.reshape(preds.shape[0], -1).double()
+    t = target.reshape(target.shape[0], -1).double()
+    inter = (p * t).sum(1)
+    dice = 2 * inter / (t.sum(1) + p.sum(1) + LVIT_EPS)
+    union = ((p + t) > 0).double().sum(1)
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
+    return dice, iou
+
+
 class PerImageScore(Metric):
-    """Mean over images of a per-image Dice or IoU (LViT convention, ``data.md`` §10.2).
+    """Mean over images of a per-image Dice or IoU (LViT convention, ``docs/data.md`` §10.2).
 
     Args:
         kind: ``"dice"`` or ``"iou"``.
@@ -57,14 +77,8 @@ class PerImageScore(Metric):
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         """Accumulate a batch of binary predictions and targets of shape ``[B, ...]``."""
-        p = preds.reshape(preds.shape[0], -1).double()
-        t = target.reshape(target.shape[0], -1).double()
-        inter = (p * t).sum(1)
-        if self.kind == "dice":
-            score = 2 * inter / (t.sum(1) + p.sum(1) + LVIT_EPS)
-        else:
-            union = ((p + t) > 0).double().sum(1)
-            score = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(union))
+        dice, iou = per_image_scores(preds, target)
+        score = dice if self.kind == "dice" else iou
         self.total: Tensor = self.total + score.sum()
         self.count: Tensor = self.count + score.numel()
 

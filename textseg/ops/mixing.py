@@ -44,6 +44,7 @@ __all__ = [
     "t_patchmix",
 ]
 
+
 class MixResult(NamedTuple):
     """Output of :func:`t_patchmix`.
 
