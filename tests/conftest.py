@@ -37,6 +37,24 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def qata_files(shared_data: Path) -> Path:
+    """The real QaTa-COV19 annotation files (LViT CSVs, ``annotation.json``, the 7 example image/mask pairs)."""
+    return shared_data / "QaTa-COV19"
+
+
+@pytest.fixture(scope="session")
+def mosmed_files(shared_data: Path) -> Path:
+    """The real MosMedData+ text files (LViT semicolon CSVs)."""
+    return shared_data / "MosMedDataPlus"
+
+
+@pytest.fixture(scope="session")
+def mosmed_plabel_files(mosmed_files: Path) -> Path:
+    """Semi-MedRef's copies of the MosMed text files, with positional labels (``*.plabel.csv``)."""
+    return mosmed_files / "semimedref_format"
+
+
+@pytest.fixture(scope="session")
 def qata_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A QaTa-COV19 tree in the SGSeg layout: 16 train, 4 val, 4 test images of 64 px."""
     root = tmp_path_factory.mktemp("qata")

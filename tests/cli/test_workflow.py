@@ -160,8 +160,8 @@ def _example_folder(tmp_path: Path, examples: Path) -> tuple[Path, Path, dict[st
     return folder, texts, sizes
 
 
-def test_predict_real_examples_tiny_model(tmp_path: Path, shared_data: Path) -> None:
-    folder, texts, sizes = _example_folder(tmp_path, shared_data / "QaTa-COV19" / "examples")
+def test_predict_real_examples_tiny_model(tmp_path: Path, qata_files: Path) -> None:
+    folder, texts, sizes = _example_folder(tmp_path, qata_files / "examples")
     assert len(sizes) == 7
     out = tmp_path / "pred"
     main([

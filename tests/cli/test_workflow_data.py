@@ -56,17 +56,17 @@ def test_check_good_mosmed_tree_auto(mosmed_root: Path) -> None:
     assert len(report.warnings) == 3 and not report.problems
 
 
-def test_check_real_annotation_counts(tmp_path: Path, shared_data: Path) -> None:
+def test_check_real_annotation_counts(tmp_path: Path, qata_files: Path) -> None:
     """SGSeg tree for the real annotation.json: canonical counts, no warning, Semi-MedRef's labeled counts."""
-    root = make_qata_tree_from_annotation(tmp_path / "qata", shared_data / "QaTa-COV19" / "annotation.json")
+    root = make_qata_tree_from_annotation(tmp_path / "qata", qata_files / "annotation.json")
     report = check_dataset(root, "qata", fast=True)
     assert report.usable and report.warnings == []
     assert report.counts == {"train": 5716, "val": 1429, "test": 2113}
     assert "labeled   1%: 57, 2%: 114, 5%: 286, 15%: 857 (seed 42)" in report.format()
 
 
-def test_check_real_mosmed_counts(tmp_path: Path, shared_data: Path) -> None:
-    mosmed = shared_data / "MosMedDataPlus"
+def test_check_real_mosmed_counts(tmp_path: Path, mosmed_files: Path) -> None:
+    mosmed = mosmed_files
     files = {
         "train": mosmed / "Train_text_MosMedData+ 1(in).csv",
         "val": mosmed / "Val_text_MosMedData+ 1(in).csv",

