@@ -51,6 +51,12 @@ def trainer(name: str, monitor: str = "val_dice", patience: int = 30) -> dict[st
     }
 
 
+def budget(ratio: float) -> str:
+    """The step budget of an epoch: one pass over the unlabeled split below 100 % labels, for semi-supervised runs
+    and their supervised partners alike (the same optimizer steps and labeled batches), else one labeled pass."""
+    return "unlabeled_pass" if ratio < 1.0 else "labeled_pass"
+
+
 def data(dataset: str, ratio: float, semi: bool) -> dict[str, Any]:
     """Real-data DataModule: 224 px, 32 labeled (+ 32 unlabeled) per step, 8 for evaluation."""
     return {
@@ -63,6 +69,7 @@ def data(dataset: str, ratio: float, semi: bool) -> dict[str, Any]:
         "num_workers": 8,
         "seed": 42,
         "use_unlabeled": semi and ratio < 1.0,
+        "epoch": budget(ratio),
     }
 
 
@@ -200,6 +207,7 @@ def textmoe(ratio: float, name: str, **over: Any) -> dict[str, Any]:
             "num_workers": 8,
             "seed": 42,
             "use_unlabeled": semi,
+            "epoch": budget(ratio),
         },
     }
 
@@ -262,6 +270,7 @@ def demo(method: str) -> dict[str, Any]:
             "num_workers": 0,
             "seed": 42,
             "use_unlabeled": method != "supervised",
+            "epoch": "unlabeled_pass",
         },
     }
     if method == "textmoe":

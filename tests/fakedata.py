@@ -467,3 +467,41 @@ def make_mosmed_tree_from_csv(
         _fill(root / image_folder, names, png)
         _fill(root / mask_folder, names, png)
     return root
+
+
+def make_text_folder(
+    folder: Path,
+    n: int = 6,
+    size: int = 64,
+    seed: int = 0,
+    *,
+    prefix: str = "extra",
+    style: str = "comma",
+) -> tuple[Path, Path, list[str]]:
+    """A folder of ``n`` random mask-less images and a CSV naming each with a text (``Image``, ``Description``).
+
+    The format of ``--data.predict_images/--data.predict_texts`` and ``--data.unlabeled_images/--data.unlabeled_texts``
+    (:func:`textseg.data.folder.folder_records`).
+
+    Args:
+        folder: The image folder to create; the CSV is written beside it as ``<folder name>.csv``.
+        n: Number of images.
+        size: Side of the square images in pixels.
+        seed: Seed of the pixels and positions.
+        prefix: File names are ``<prefix>_<i>.png``.
+        style: CSV style of ``_write_csv``: ``"comma"``, ``"semicolon"`` or ``"semimedref"``.
+
+    Returns:
+        ``(folder, csv_path, image file names)``.
+    """
+    rng = np.random.default_rng(seed)
+    names, rows = [], []
+    for i in range(n):
+        position = _random_position(rng)
+        image, _ = _draw(rng, size, position)
+        name = f"{prefix}_{i}.png"
+        write_png(folder / name, image)
+        names.append(name)
+        rows.append([name, lvit_text(position)])
+    table = _write_csv(folder.parent / f"{folder.name}.csv", ["Image", "Description"], rows, style)
+    return folder, table, names

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import time
 from pathlib import Path
 
@@ -37,6 +38,26 @@ SHIPPED = [f"configs/{rel}" for rel in ALL] + sorted(
 
 def test_experiments_are_shipped() -> None:
     assert any(rel.startswith("experiments/") for rel in SHIPPED)
+
+
+def test_every_config_states_its_step_budget() -> None:
+    """Every shipped config names its epoch budget, and a supervised config trains as many optimizer steps per epoch
+    (same budget, batch sizes, dataset and ratio) and epochs as its Semi-MedRef partner of the same grid cell."""
+    configs = {rel: yaml.safe_load((CONFIGS.parent / rel).read_text()) for rel in SHIPPED}
+    assert all(cfg["data"].get("epoch") in ("labeled_pass", "unlabeled_pass") for cfg in configs.values())
+    partners = 0
+    for rel, cfg in configs.items():
+        if not rel.startswith("configs/supervised/"):
+            continue
+        semi = configs.get(rel.replace("configs/supervised/", "configs/semimedref/"))
+        if semi is None:
+            continue
+        partners += 1
+        keys = ("dataset", "labeled_ratio", "epoch", "batch_size", "seed")
+        assert {k: cfg["data"][k] for k in keys} == {k: semi["data"][k] for k in keys}, rel
+        assert cfg["trainer"]["max_epochs"] == semi["trainer"]["max_epochs"], rel
+        assert cfg["data"].get("unlabeled_batch_size") == semi["data"].get("unlabeled_batch_size"), rel
+    assert partners == 20
 
 
 def _generator():
@@ -120,8 +141,12 @@ def test_config_fit_and_test(rel: str, qata_root: Path, mosmed_root: Path, tmp_p
     metrics_files = list((tmp_path / "runs").rglob("test_metrics.json"))
     assert len(metrics_files) == 1
     result = json.loads(metrics_files[0].read_text())
-    assert set(result["metrics"]) >= {"test_dice", "test_iou", "test_dice_per_image", "test_iou_per_image"}
-    assert all(0.0 <= v <= 1.0 for k, v in result["metrics"].items() if k != "test_loss")
+    overlaps = {"test_dice", "test_iou", "test_dice_per_image", "test_iou_per_image"}
+    assert set(result["metrics"]) >= overlaps | {"test_hd95"}
+    # Overlaps in [0, 1]; HD95 in pixels up to the 64x64 input's diagonal (docs/data.md §10.4).
+    for key, value in result["metrics"].items():
+        if key != "test_loss":
+            assert 0.0 <= value <= (math.hypot(64, 64) if key.startswith("test_hd95") else 1.0), key
     assert (metrics_files[0].parent / "split.json").exists()
 
 

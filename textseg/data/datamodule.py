@@ -26,6 +26,9 @@ are left to Lightning's ``DistributedSampler``, which pads a split whose size is
 
 The labeled subset for ``labeled_ratio`` and ``seed`` is exactly Semi-MedRef's published one
 (``docs/data.md`` §6); the run writes the split it used to ``split.json`` in its log directory.
+
+Mask-less image-text pairs (``unlabeled_images`` + ``unlabeled_texts``, the folder + CSV format of
+:func:`textseg.data.folder.folder_records`) join the unlabeled pool of a semi-supervised run; see the class docstring.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -42,6 +45,7 @@ from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader
 
 from textseg.data.base import Record, SegDataset, Split
+from textseg.data.folder import UnlabeledPool, folder_records, read_unlabeled_pools, unlabeled_pools
 from textseg.data.registry import check_options, load_dataset
 from textseg.data.sampling import EpochSampler, ResumableLoader, SeededDataset, derive_seed
 from textseg.data.transforms import build_transform
@@ -76,9 +80,15 @@ class TextSegDataModule(LightningDataModule):
         eval_batch_size: Batch size of validation and test loaders.
         num_workers: DataLoader workers per loader.
         seed: Seed of the labeled split (42 reproduces Semi-MedRef) and of the sampling/augmentation streams.
-        use_unlabeled: Emit the unlabeled loader (semi-supervised methods). Without it an epoch is one pass over
-            the labeled subset; with it an epoch is one pass over the unlabeled set and the labeled set is sampled with
-            replacement to the same number of steps (Semi-MedRef, ``docs/methods.md`` §6.6).
+        use_unlabeled: Emit the unlabeled loader (semi-supervised methods).
+        epoch: The step budget of one training epoch. ``"unlabeled_pass"``: one pass over the unlabeled split
+            (``len // world_size // unlabeled_batch_size`` steps), the labeled subset sampled with replacement to the
+            same number of steps (Semi-MedRef, ``docs/methods.md`` §6.6); without ``use_unlabeled`` the labeled
+            stream is then exactly that of a semi-supervised run with the same seed, and no unlabeled image is read,
+            so a supervised baseline gets the same optimizer steps and labeled batches as its semi-supervised
+            partner. ``"labeled_pass"``: one pass over the labeled subset (the unlabeled split, if used, sampled
+            with replacement to the same number of steps). ``"auto"``: ``"unlabeled_pass"`` with ``use_unlabeled``,
+            else ``"labeled_pass"``. The resolved number is :meth:`steps_per_epoch` (recorded in the run card).
         zoom_prob: Probability of the weak view's ``RandZoomd``.
         zoom_min: Smallest zoom factor of the weak view.
         zoom_max: Largest zoom factor of the weak view.
@@ -94,10 +104,35 @@ class TextSegDataModule(LightningDataModule):
         predict_images: Folder of images for ``textseg predict`` (default: the test split of the dataset).
         predict_texts: CSV naming a text for every image of ``predict_images`` (``Image`` and ``text`` columns).
         predict_modality: Modality code of the ``predict_images`` (0 = X-ray, 1 = CT).
+        unlabeled_images: Folder of extra images without masks for the unlabeled pool of semi-supervised training
+            (``use_unlabeled``), or a list of folders (e.g. one per dataset of a composite run). Every image needs a
+            row in its ``unlabeled_texts`` CSV; its positional label is parsed from the text, and it gets the weak and
+            strong views, PosAug, T-PatchMix and ITCL like any unlabeled sample. The pairs are read and validated
+            (following ``check``) in ``setup("fit")``, before training.
+        unlabeled_texts: One CSV per ``unlabeled_images`` folder, the format of ``predict_texts``: an ``Image``
+            column and a ``Description``/``text`` column, comma or semicolon separated, names case-insensitive.
+        unlabeled_modality: Modality code (0 = X-ray, 1 = CT) of the ``unlabeled_images``, one for all folders
+            or one per folder; ``None`` (default): the modality of the dataset each folder belongs to. In a
+            composite run a folder without ``unlabeled_dataset`` belongs to the run's one dataset of its modality.
+        unlabeled_dataset: The dataset of the run each folder belongs to (one for all, or one per folder), for the
+            ``dataset`` key of its samples, per-dataset bookkeeping and ``split.json``; ``None`` (default): the
+            run's only dataset, or in a composite run the one dataset of the folder's ``unlabeled_modality`` (an
+            error when the run has several or none of that modality). The folder's modality must be its dataset's.
+
+    The extra pairs are added once per epoch, after the datasets' own unlabeled records: ``oversample`` and the
+    composite balancing repeat only a dataset's own train records, and ``labeled_ratio`` applies only to its own
+    train split. At ``labeled_ratio`` 1.0 the unlabeled pool of a dataset with extra pairs is its extra pairs only
+    (without them it stays the whole train split). The epoch follows the enlarged pool: with ``use_unlabeled`` an
+    epoch has ``len(unlabeled pool) // world_size // unlabeled_batch_size`` steps. ``split.json`` keeps the
+    datasets' own ids under ``unlabeled`` and lists the extra images by file name under ``unlabeled_extra`` (a list;
+    for composite data a dict from every dataset of the run to its list), with the folders, CSVs, datasets,
+    modalities and sizes under ``unlabeled_extra_pools``.
 
     Raises:
         DataError: For an invalid argument: among them a dataset name that is not registered, a
-            ``dataset_options`` key that is not a dataset of the run, or an option its dataset does not take.
+            ``dataset_options`` key that is not a dataset of the run, or an option its dataset does not take;
+            ``unlabeled_images`` without ``unlabeled_texts`` (or the reverse), lists of different lengths, a
+            modality other than 0/1, or extra unlabeled pairs with ``use_unlabeled`` false (they would be unused).
     """
 
     def __init__(
@@ -114,6 +149,7 @@ class TextSegDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
         use_unlabeled: bool = True,
+        epoch: Literal["auto", "labeled_pass", "unlabeled_pass"] = "auto",
         zoom_prob: float = 0.1,
         zoom_min: float = 0.95,
         zoom_max: float = 1.2,
@@ -127,6 +163,10 @@ class TextSegDataModule(LightningDataModule):
         predict_images: str | None = None,
         predict_texts: str | None = None,
         predict_modality: int = 0,
+        unlabeled_images: str | list[str] | None = None,
+        unlabeled_texts: str | list[str] | None = None,
+        unlabeled_modality: int | list[int] | None = None,
+        unlabeled_dataset: str | list[str] | None = None,
     ) -> None:
         super().__init__()
         if not 0 < labeled_ratio <= 1:
@@ -135,6 +175,8 @@ class TextSegDataModule(LightningDataModule):
             raise DataError(f"strong_blur_sigma must be a range 0 < low <= high, got {list(strong_blur_sigma)}")
         if image_size % 32 != 0:
             raise DataError(f"image_size must be a multiple of 32, got {image_size}")
+        if epoch not in ("auto", "labeled_pass", "unlabeled_pass"):
+            raise DataError(f"epoch must be 'auto', 'labeled_pass' or 'unlabeled_pass', got {epoch!r}")
         names: list[str] = [dataset] if isinstance(dataset, str) else [str(d) for d in dataset]
         roots = [root] if isinstance(root, str) else list(root)
         if not names or len(roots) != len(names) or len(set(names)) != len(names):
@@ -144,13 +186,18 @@ class TextSegDataModule(LightningDataModule):
             raise DataError("predict_images and predict_texts go together: give both or neither")
         if oversample is not None and (len(oversample) != len(names) or min(oversample) < 1):
             raise DataError(f"oversample needs one integer >= 1 per dataset {names}, got {oversample}")
+        pools = unlabeled_pools(unlabeled_images, unlabeled_texts, unlabeled_modality, unlabeled_dataset, names)
+        if pools and not use_unlabeled:
+            raise DataError("unlabeled_images are given but use_unlabeled is false: the extra pairs would be unused")
         self.save_hyperparameters()
+        self.unlabeled_pools: list[UnlabeledPool] = pools
         self.dataset_names: list[str] = names
         self.roots: dict[str, str] = dict(zip(names, roots, strict=True))
         self.dataset_options: dict[str, dict[str, Any]] = options
         self.datas: dict[str, SegDataset] = {}
         self.splits: dict[str, list[Record]] = {}
         self.sources: dict[str, list[str]] = {}
+        self._extra_sizes: list[tuple[str, int]] = []  # (dataset, pairs) per unlabeled pool, set by setup("fit")
 
     @staticmethod
     def _check_dataset_options(
@@ -204,8 +251,6 @@ class TextSegDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read the datasets, select each one's labeled subset and validate every file that will be used."""
         if stage == "predict" and self.hp.predict_images is not None:
-            from textseg.data.folder import folder_records
-
             hp = self.hp
             self.splits["predict"] = folder_records(
                 hp.predict_images, hp.predict_texts, hp.predict_modality, check=hp.check
@@ -218,9 +263,14 @@ class TextSegDataModule(LightningDataModule):
                 self.datas[name] = self._load(name)
         parts: dict[str, list[tuple[str, Record]]] = {}
         factors = self._oversample()
+        extra: list[tuple[str, list[Record]]] = []
+        if stage in (None, "fit") and self.unlabeled_pools:
+            extra = read_unlabeled_pools(self.unlabeled_pools, self.datas, self.hp.check)
         for name, data in self.datas.items():
             if stage in (None, "fit"):
                 labeled, unlabeled = data.labeled_split(self.hp.labeled_ratio, self.hp.seed)
+                if self.hp.labeled_ratio == 1 and any(n == name for n, _ in extra):
+                    unlabeled = []  # all masks plus extra pairs: the unlabeled pool is the extra pairs
                 parts.setdefault("labeled", []).extend((name, r) for r in labeled * factors[name])
                 parts.setdefault("unlabeled", []).extend((name, r) for r in unlabeled * factors[name])
             if stage in (None, "fit", "validate"):
@@ -235,6 +285,10 @@ class TextSegDataModule(LightningDataModule):
                     "predict": ("test",),
                 }
                 data.check(needed.get(stage or "", ("train", "val", "test")), full=self.hp.check == "full")
+        self._extra_sizes = [(n, len(records)) for n, records in extra]
+        if extra:  # once per epoch, after the datasets' own records (never over-sampled)
+            parts["unlabeled_extra"] = [(n, r) for n, records in extra for r in records]
+            parts["unlabeled"].extend(parts["unlabeled_extra"])
         for key, pairs in parts.items():
             self.sources[key] = [n for n, _ in pairs]
             self.splits[key] = [r for _, r in pairs]
@@ -255,10 +309,30 @@ class TextSegDataModule(LightningDataModule):
         check(texts)
 
     def _ids(self, key: str) -> list[str]:
-        """Record ids of a split, unique ones in order; ``dataset:id`` for composite data."""
-        pairs = zip(self.sources[key], self.splits[key], strict=True)
+        """Record ids of a split, unique ones in order; ``dataset:id`` for composite data.
+
+        For ``"unlabeled"`` only the datasets' own records: the extra pairs (appended last) are not counted.
+        """
+        pairs = list(zip(self.sources[key], self.splits[key], strict=True))
+        if key == "unlabeled":
+            pairs = pairs[: len(pairs) - len(self.splits.get("unlabeled_extra", []))]
         ids = [f"{n}:{r.id}" if len(self.datas) > 1 else r.id for n, r in pairs]
         return list(dict.fromkeys(ids))
+
+    def _extra_split(self) -> dict[str, Any]:
+        """The ``split.json`` entries of the extra unlabeled pairs (none without them)."""
+        if "unlabeled_extra" not in self.splits:
+            return {}
+        pairs = list(zip(self.sources["unlabeled_extra"], self.splits["unlabeled_extra"], strict=True))
+        names: dict[str, list[str]] = {n: [r.key for m, r in pairs if m == n] for n in self.dataset_names}
+        pools = [
+            dict(images=pool.images, texts=pool.texts, dataset=name, modality=self.datas[name].modality, size=size)
+            for pool, (name, size) in zip(self.unlabeled_pools, self._extra_sizes, strict=True)
+        ]
+        return {
+            "unlabeled_extra": names[self.dataset_names[0]] if len(self.datas) == 1 else names,
+            "unlabeled_extra_pools": pools,
+        }
 
     def _write_split(self, factors: dict[str, int]) -> None:
         trainer = self.trainer
@@ -280,11 +354,14 @@ class TextSegDataModule(LightningDataModule):
             "labeled": self._ids("labeled"),
             "unlabeled": self._ids("unlabeled") if self.hp.use_unlabeled else [],
             "val": self._ids("val"),
+            **self._extra_split(),
         }
         (out / "split.json").write_text(json.dumps(split, indent=1))
         layouts = ", ".join(f"{n}: {d.layout}" for n, d in self.datas.items())
+        n_extra = len(self.splits.get("unlabeled_extra", []))
+        more = f" + {n_extra} extra unlabeled pairs" if n_extra else ""
         rank_zero_info(
-            f"textseg: {len(split['labeled'])} labeled / {len(self._ids('unlabeled'))} unlabeled ({layouts}); "
+            f"textseg: {len(split['labeled'])} labeled / {len(self._ids('unlabeled'))} unlabeled{more} ({layouts}); "
             f"split written to {out / 'split.json'}"
         )
 
@@ -348,23 +425,43 @@ class TextSegDataModule(LightningDataModule):
         world, _ = self._world()
         labeled, unlabeled = self.splits["labeled"], self.splits["unlabeled"]
         used = {"labeled": labeled, "unlabeled": unlabeled} if hp.use_unlabeled else {"labeled": labeled}
+        if self._epoch_kind() == "unlabeled_pass":
+            used["unlabeled"] = unlabeled
         for key, records in used.items():
             if len(records) < world:
                 raise DataError(f"the {key} training set has {len(records)} samples, fewer than the {world} processes")
+        steps = self.steps_per_epoch()
         lab_ds = self._dataset("labeled", "labeled")
-        if not hp.use_unlabeled:
-            loader = self._loader(lab_ds, hp.batch_size, 1, self._sampler(len(lab_ds), 1))
-            return CombinedLoader({"labeled": loader}, "max_size_cycle")
-        ubs = hp.unlabeled_batch_size or hp.batch_size
-        steps = max(1, len(unlabeled) // world // ubs)
-        unl_ds = self._dataset("unlabeled", "unlabeled")
-        loaders = {
-            "labeled": self._loader(
-                lab_ds, hp.batch_size, 1, self._sampler(len(lab_ds), 1, num_samples=world * steps * hp.batch_size)
-            ),
-            "unlabeled": self._loader(unl_ds, ubs, 2, self._sampler(len(unl_ds), 2)),
-        }
+        by_labeled = self._epoch_kind() == "labeled_pass"
+        lab_draw = None if by_labeled else world * steps * hp.batch_size  # a permutation, or with replacement
+        loaders = {"labeled": self._loader(lab_ds, hp.batch_size, 1, self._sampler(len(lab_ds), 1, lab_draw))}
+        if hp.use_unlabeled:
+            ubs = hp.unlabeled_batch_size or hp.batch_size
+            unl_ds = self._dataset("unlabeled", "unlabeled")
+            unl_draw = world * steps * ubs if by_labeled else None
+            loaders["unlabeled"] = self._loader(unl_ds, ubs, 2, self._sampler(len(unl_ds), 2, unl_draw))
         return CombinedLoader(loaders, "max_size_cycle")
+
+    def _epoch_kind(self) -> Literal["labeled_pass", "unlabeled_pass"]:
+        if self.hp.epoch != "auto":
+            return cast(Literal["labeled_pass", "unlabeled_pass"], self.hp.epoch)
+        return "unlabeled_pass" if self.hp.use_unlabeled else "labeled_pass"
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps of one training epoch per process, as ``epoch`` sets the budget (after ``setup("fit")``).
+
+        Raises:
+            DataError: If the split the epoch is measured on is empty.
+        """
+        hp = self.hp
+        world, _ = self._world()
+        if self._epoch_kind() == "unlabeled_pass":
+            size, batch, key = len(self.splits["unlabeled"]), hp.unlabeled_batch_size or hp.batch_size, "unlabeled"
+        else:
+            size, batch, key = len(self.splits["labeled"]), hp.batch_size, "labeled"
+        if size == 0:
+            raise DataError(f"epoch={hp.epoch!r} measures the epoch on the {key} split, which is empty")
+        return max(1, size // world // batch)  # a labeled set smaller than a batch is one partial batch
 
     def val_dataloader(self) -> DataLoader:
         """Labeled validation loader (no augmentation)."""
