@@ -272,6 +272,10 @@ def test_grid_in_process_then_report(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert "pooled" in card["metrics"]["dice"] and "1e-05" in card["metrics"]["dice_per_image"]
         assert card["command"]["argv"][:2] == ["textseg", "fit"] and f"--seed={seed}" in card["command"]["argv"]
         assert card["git"] is None or len(card["git"]["commit"]) == 40
+        # 8 train images at 25 %: 2 labeled + 6 unlabeled; the supervised demo's epoch is the unlabeled pass (6 / 2 =
+        # 3 steps), capped at 2 by --trainer.limit_train_batches
+        budget = {"epoch": "unlabeled_pass", "steps_per_epoch": 2, "max_epochs": 1, "accumulate_grad_batches": 1}
+        assert card["budget"] == {**budget, "optimizer_steps": 2}
     assert not list(out.rglob("wandb"))  # --no-wandb dropped the logger config
     statuses = json.loads((out / "grid.json").read_text())
     assert [s["status"] for s in statuses] == ["ok", "ok"]

@@ -24,7 +24,9 @@ from textseg.ops.ema import EMATeacher
 SMALL: dict[str, Any] = {"vision_encoder": "tiny", "text_encoder": "tiny", "project_dim": 16}
 #: Unsupervised branch on from the first step at full weight (lambda_u = 0.3).
 NO_BURN_IN: dict[str, Any] = {"burn_in_epochs": 0, "lambda_u_ramp_epochs": 0}
-METRIC_KEYS = {"test_dice", "test_iou", "test_dice_per_image", "test_iou_per_image"}
+METRIC_KEYS = {"test_dice", "test_iou", "test_dice_per_image", "test_iou_per_image", "test_hd95"}
+#: Largest HD95 at make_dm's 64x64 input: the image diagonal (docs/data.md §10.4); the other metrics lie in [0, 1].
+HD95_MAX = math.hypot(64, 64)
 UNSUP_LOGS = {
     "train_loss_unsup",
     "train_loss_itcl_unsup",
@@ -139,7 +141,7 @@ def test_fit_and_test_write_test_metrics_json(qata_root: Path, tmp_path: Path, m
         dm = make_dm(qata_root)
     trainer = make_trainer(tmp_path)
     trainer.fit(module, datamodule=dm)
-    assert {"val_dice", "val_iou", "val_dice_per_image", "val_iou_per_image", "val_loss"} <= set(
+    assert {"val_dice", "val_iou", "val_dice_per_image", "val_iou_per_image", "val_hd95", "val_loss"} <= set(
         trainer.callback_metrics
     )
     results = trainer.test(module, datamodule=dm, verbose=False)
@@ -151,7 +153,7 @@ def test_fit_and_test_write_test_metrics_json(qata_root: Path, tmp_path: Path, m
     metrics = record["metrics"]
     assert set(metrics) == METRIC_KEYS
     for key in METRIC_KEYS:
-        assert 0.0 <= metrics[key] <= 1.0
+        assert 0.0 <= metrics[key] <= (HD95_MAX if key == "test_hd95" else 1.0)
         assert metrics[key] == pytest.approx(results[0][key], rel=1e-6)
     assert (log_dir / "split.json").is_file()
     rows = train_rows(trainer)

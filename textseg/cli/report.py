@@ -8,12 +8,13 @@ Every run directory written by ``textseg fit --test_after_fit true`` (or ``texts
 The tables follow the layout of the Semi-MedRef and TextMoE papers: one row per method (+ backbone, + the
 hyper-parameters that distinguish runs of the same cell, e.g. ablation switches), one column per dataset x label
 ratio, each cell the mean ± sample standard deviation over seeds of pooled Dice / IoU (the papers' convention) and,
-in a second table, of LViT's per-image Dice / IoU (``docs/data.md`` §10.3), in percent, with the number of seeds. A run
-trained on composite data (TextMoE: QaTa + MosMed) contributes one cell per dataset from its per-dataset metrics
-(``test_dice_qata``, ...).
+in a second table, of LViT's per-image Dice / IoU (``docs/data.md`` §10.3), in percent, with the number of seeds; a
+third gives HD95 in pixels, lower is better (§10.4; ``n/a`` for runs tested before it existed). A run trained on
+composite data (TextMoE: QaTa + MosMed) contributes one cell per dataset from its per-dataset metrics
+(``test_dice_qata``, ``test_hd95_qata``, ...).
 
-Outputs in ``--out``: ``report.md``, ``results.csv`` (one row per cell, values in [0, 1]), ``runs.csv`` (one row per
-run) and ``dice_vs_ratio.png`` (pooled Dice against the label ratio, one panel per dataset, one line per row).
+Outputs in ``--out``: ``report.md``, ``results.csv`` (one row per cell, values in [0, 1], HD95 in pixels), ``runs.csv``
+(one row per run) and ``dice_vs_ratio.png`` (pooled Dice against the label ratio: a panel per dataset, a line per row).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from textseg.errors import DataError
 
 __all__ = [
     "METRICS",
+    "OPTIONAL_METRICS",
     "Cell",
     "RunResult",
     "aggregate",
@@ -48,8 +50,9 @@ __all__ = [
 ]
 
 #: Metrics of a cell, as named in ``test_metrics.json`` without the ``test_`` prefix.
-METRICS: tuple[str, ...] = ("dice", "iou", "dice_per_image", "iou_per_image")
-#: File written by every test run.
+METRICS: tuple[str, ...] = ("dice", "iou", "dice_per_image", "iou_per_image", "hd95")
+#: Metrics that older ``test_metrics.json`` files lack (read as NaN, shown empty); the others are required.
+OPTIONAL_METRICS: frozenset[str] = frozenset({"hd95"})
 #: Model hyper-parameters that are seeds (never a row distinction).
 SEED_KEYS: frozenset[str] = frozenset({"seed", "aug_seed"})
 #: Display names of datasets (others are shown as they are).
@@ -62,9 +65,12 @@ METRIC_LABELS: dict[str, str] = {
     "iou": "pooled IoU",
     "dice_per_image": "per-image Dice (LViT)",
     "iou_per_image": "per-image IoU (LViT)",
+    "hd95": "HD95 (lower is better)",
 }
 #: Scale of the displayed values (percent, as in the papers).
 PERCENT = 100.0
+#: Displayed scale and unit of each metric: overlaps in percent, HD95 in pixels as computed.
+METRIC_SCALE: dict[str, tuple[float, str]] = {m: (1.0, "px") if m == "hd95" else (PERCENT, "%") for m in METRICS}
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,8 @@ class RunResult:
         labeled_ratio: Label ratio.
         seed: Data seed (``None`` when unknown).
         hparams: Model hyper-parameters (LightningCLI's private keys removed).
-        metrics: ``dice``, ``iou``, ``dice_per_image``, ``iou_per_image`` in [0, 1].
+        metrics: ``dice``, ``iou``, ``dice_per_image``, ``iou_per_image`` in [0, 1]; ``hd95`` in pixels (NaN when
+            the run predates it).
         mtime: Modification time of the file (the newest run wins when a seed repeats).
     """
 
@@ -126,13 +133,13 @@ class Cell:
         return len(self.runs)
 
     def mean(self, metric: str) -> float:
-        """Mean of a metric over seeds."""
+        """Mean of a metric over seeds (NaN if a run lacks it: a mean over fewer seeds would hide it)."""
         return statistics.fmean(r.metrics[metric] for r in self.runs)
 
     def std(self, metric: str) -> float:
-        """Sample standard deviation (n - 1) of a metric over seeds; NaN for a single seed."""
+        """Sample standard deviation (n - 1) of a metric over seeds; NaN for a single seed or if a run lacks it."""
         values = [r.metrics[metric] for r in self.runs]
-        return statistics.stdev(values) if len(values) > 1 else math.nan
+        return statistics.stdev(values) if len(values) > 1 and not any(map(math.isnan, values)) else math.nan
 
 
 # ------------------------------------------------------------------------------------------------------ reading
@@ -205,7 +212,8 @@ def load_run(path: str | Path) -> list[RunResult]:
         The results.
 
     Raises:
-        DataError: Naming the file if it is unreadable, lacks a metric, or its label ratio cannot be found.
+        DataError: Naming the file if it is unreadable, lacks a required metric (all but :data:`OPTIONAL_METRICS`),
+            or its label ratio cannot be found.
     """
     path = Path(path)
     record = _read_json(path)
@@ -227,9 +235,12 @@ def load_run(path: str | Path) -> list[RunResult]:
         values: dict[str, float] = {}
         for metric in METRICS:
             key = f"test_{metric}{postfix}"
-            if key not in metrics:
+            if key in metrics:
+                values[metric] = float(metrics[key])
+            elif metric in OPTIONAL_METRICS:
+                values[metric] = math.nan
+            else:
                 raise DataError(f"{path}: metric {key!r} missing (found {sorted(metrics)})")
-            values[metric] = float(metrics[key])
         results.append(
             RunResult(
                 path=path,
@@ -312,27 +323,37 @@ def _column_title(dataset: str, ratio: float) -> str:
 
 
 def _pm(cell: Cell, metric: str) -> str:
-    mean, std = cell.mean(metric) * PERCENT, cell.std(metric) * PERCENT
+    scale = METRIC_SCALE[metric][0]
+    mean, std = cell.mean(metric) * scale, cell.std(metric) * scale
+    if math.isnan(mean):
+        return "n/a"
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
+#: The Markdown tables: title and the metrics shown in each cell (``a / b``).
+TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Pooled Dice / IoU (%), mean ± std over seeds", ("dice", "iou")),
+    ("Per-image Dice / IoU (%, LViT), mean ± std over seeds", ("dice_per_image", "iou_per_image")),
+    ("HD95 (pixels at the evaluated resolution, lower is better), mean ± std over seeds", ("hd95",)),
+)
+
+
 def markdown_tables(cells: Sequence[Cell]) -> str:
-    """The pooled and per-image tables in Markdown (values in percent, mean ± std over seeds, n seeds)."""
+    """The :data:`TABLES` in Markdown (mean ± std over seeds, n seeds); one that no run has a value for is left out."""
     columns = sorted({(c.dataset, c.labeled_ratio) for c in cells}, key=lambda k: (_dataset_rank(k[0]), k[1]))
     rows = list(dict.fromkeys(c.row for c in cells))
     index = {(c.row, c.dataset, c.labeled_ratio): c for c in cells}
     parts = []
-    for title, (a, b) in (
-        ("Pooled Dice / IoU (%), mean ± std over seeds", ("dice", "iou")),
-        ("Per-image Dice / IoU (%, LViT), mean ± std over seeds", ("dice_per_image", "iou_per_image")),
-    ):
+    for title, metrics in TABLES:
+        if not any(not math.isnan(r.metrics[m]) for c in cells for r in c.runs for m in metrics):
+            continue
         header = "| method | " + " | ".join(_column_title(d, r) for d, r in columns) + " |"
         lines = [f"### {title}", "", header, "|---|" + "---|" * len(columns)]
         for row in rows:
             values = []
             for d, r in columns:
                 cell = index.get((row, d, r))
-                values.append("" if cell is None else f"{_pm(cell, a)} / {_pm(cell, b)} (n={cell.n})")
+                values.append("" if cell is None else " / ".join(_pm(cell, m) for m in metrics) + f" (n={cell.n})")
             lines.append(f"| {row} | " + " | ".join(values) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -346,7 +367,7 @@ def _fmt(value: float) -> str:
 
 
 def write_csv(cells: Sequence[Cell], path: Path) -> Path:
-    """One row per cell: means and sample standard deviations in [0, 1], seeds and run folders."""
+    """One row per cell: means and sample standard deviations (in [0, 1]; HD95 in pixels), seeds and run folders."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         stats = [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
@@ -368,13 +389,15 @@ def write_runs_csv(cells: Sequence[Cell], path: Path) -> Path:
         writer.writerow(["run", "row", "dataset", "labeled_ratio", "seed", *METRICS])
         for c in cells:
             for r in c.runs:
-                metrics = [f"{r.metrics[m]:.6f}" for m in METRICS]
+                metrics = [_fmt(r.metrics[m]) for m in METRICS]
                 writer.writerow([str(r.path.parent), c.row, c.dataset, f"{c.labeled_ratio:g}", r.seed, *metrics])
     return path
 
 
 def plot_dice_vs_ratio(cells: Sequence[Cell], path: Path, metric: str = "dice") -> Path:
     """Plot a metric (default pooled Dice, in percent) against the label ratio: one panel per dataset, one line per row.
+
+    Dice and IoU are drawn in percent, HD95 in pixels (:data:`METRIC_SCALE`).
 
     Args:
         cells: The cells.
@@ -389,6 +412,7 @@ def plot_dice_vs_ratio(cells: Sequence[Cell], path: Path, metric: str = "dice") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scale, unit = METRIC_SCALE[metric]
     datasets = sorted({c.dataset for c in cells}, key=_dataset_rank)
     fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(5.5 * max(1, len(datasets)), 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=False):
@@ -396,8 +420,8 @@ def plot_dice_vs_ratio(cells: Sequence[Cell], path: Path, metric: str = "dice") 
         for row in rows:
             members = sorted((c for c in cells if c.dataset == dataset and c.row == row), key=lambda c: c.labeled_ratio)
             x = [c.labeled_ratio * PERCENT for c in members]
-            y = [c.mean(metric) * PERCENT for c in members]
-            err = [0.0 if math.isnan(c.std(metric)) else c.std(metric) * PERCENT for c in members]
+            y = [c.mean(metric) * scale for c in members]
+            err = [0.0 if math.isnan(c.std(metric)) else c.std(metric) * scale for c in members]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=row)
         ax.set_xscale("log")
         ax.minorticks_off()
@@ -405,7 +429,7 @@ def plot_dice_vs_ratio(cells: Sequence[Cell], path: Path, metric: str = "dice") 
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.set_xlabel("labeled data (%)")
-        ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (%)")
+        ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} ({unit})")
         ax.set_title(DATASET_TITLES.get(dataset, dataset))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

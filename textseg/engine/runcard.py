@@ -21,7 +21,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from textseg.ops.metrics import LVIT_EPS
+from textseg.ops.metrics import HD_PERCENTILE, LVIT_EPS
 
 __all__ = ["CARD_LIBRARIES", "METRIC_DEFINITIONS", "RunCardCallback", "git_info", "library_versions"]
 
@@ -39,6 +39,10 @@ METRIC_DEFINITIONS: dict[str, str] = {
     "dice_per_image": f"LViT per-image Dice averaged over images: 2 sum(gt*pred) / (sum gt + sum pred + {LVIT_EPS:g}); "
     "an image with empty ground truth and empty prediction scores 0",
     "iou_per_image": "LViT per-image IoU averaged over images: |gt & pred| / |gt | pred|, 0 when the union is empty",
+    "hd95": f"{HD_PERCENTILE:g}th-percentile symmetric Hausdorff distance (MONAI, euclidean) between the edge pixels "
+    "of prediction and ground truth, in pixels of the evaluated resolution (the network input size), per image, "
+    "averaged over images; lower is better; both masks empty: 0; exactly one empty: the image diagonal "
+    "sqrt(H^2 + W^2) (docs/data.md §10.4)",
 }
 
 
@@ -90,13 +94,45 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def step_budget(trainer: Trainer, datamodule: Any) -> dict[str, Any]:
+    """The run's optimizer-step budget: the epoch's definition and length, epochs, and the steps they make.
+
+    ``steps_per_epoch`` comes from the DataModule (``TextSegDataModule.steps_per_epoch``, after ``setup("fit")``),
+    capped by ``limit_train_batches`` when that is an integer; ``optimizer_steps`` is ``max_epochs * steps_per_epoch
+    / accumulate_grad_batches``, or ``max_steps`` when that is set and smaller.
+    """
+    hp = getattr(datamodule, "hparams", {}) or {}
+    counter = getattr(datamodule, "steps_per_epoch", None)
+    steps: int | None = None
+    if callable(counter):
+        try:
+            steps = int(counter())
+        except Exception:  # a DataModule that is not set up for fit has no budget to report
+            steps = None
+    limit = trainer.limit_train_batches
+    if steps is not None and isinstance(limit, int):
+        steps = min(steps, limit)
+    accumulate = max(1, int(trainer.accumulate_grad_batches))
+    total = None if steps is None or trainer.max_epochs is None else trainer.max_epochs * steps // accumulate
+    if trainer.max_steps not in (None, -1):
+        total = trainer.max_steps if total is None else min(total, trainer.max_steps)
+    return {
+        "epoch": hp.get("epoch"),
+        "steps_per_epoch": steps,
+        "max_epochs": trainer.max_epochs,
+        "accumulate_grad_batches": accumulate,
+        "optimizer_steps": total,
+    }
+
+
 class RunCardCallback(Callback):
     """Write ``run_card.json`` into the run directory at fit start (rank 0).
 
     The card records the resolved hyper-parameters of the model and the datamodule (with their classes), the split
     file of the run (``split.json``, with its SHA-256), the metric definitions (:data:`METRIC_DEFINITIONS`), library
     versions (:func:`library_versions`), the git commit of the textseg sources (:func:`git_info`, ``null`` without
-    git), the trainer setup and the command line. ``textseg fit`` always adds this callback.
+    git), the trainer setup, the optimizer-step budget (:func:`step_budget`) and the command line. ``textseg fit``
+    always adds this callback.
 
     Args:
         filename: File name inside ``trainer.log_dir`` (``default_root_dir`` without a logger).
@@ -141,6 +177,7 @@ class RunCardCallback(Callback):
                 "world_size": trainer.world_size,
                 "strategy": type(trainer.strategy).__name__,
             },
+            "budget": step_budget(trainer, datamodule),
             "command": {"argv": command, "line": shlex.join(command)},
         }
 

@@ -98,7 +98,7 @@ class TextSegModule(RunHooks):
         self.seg_loss = build_seg_loss(self.hp.loss)
 
     def configure_metrics(self, groups: Sequence[str] = ()) -> None:
-        """Pooled and per-image Dice/IoU for validation and test (``docs/data.md`` §10.3), per dataset in ``groups``."""
+        """Pooled and per-image Dice/IoU and HD95 for validation and test (``docs/data.md`` §10.3-10.4), per dataset."""
         self.val_metrics = GroupedSegMetrics("val_", groups)
         self.test_metrics = GroupedSegMetrics("test_", groups)
 
