@@ -45,7 +45,7 @@ _SPECIAL_CKPT = ("best", "last", "hpc", "registry")
 DESCRIPTION = (
     "textseg: semi-supervised, text-guided medical image segmentation. Lightning subcommands: fit, validate, test, "
     "predict. Workflow commands: 'textseg data check|synth', 'textseg report RUNS_DIR...', "
-    "'textseg grid SWEEP.yaml' (each with --help)."
+    "'textseg grid SWEEP.yaml', 'textseg probe --config C --ckpt_path CKPT' (each with --help)."
 )
 
 

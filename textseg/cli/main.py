@@ -9,6 +9,7 @@ Examples:
     textseg data check /data/QaTa-COV19
     textseg report runs/ --out report/
     textseg grid configs/sweeps/semimedref_qata.yaml --dry-run
+    textseg probe --config configs/demo_semimedref.yaml --ckpt_path runs/.../checkpoints/best.ckpt
 
 Errors in the user's input (:class:`~textseg.errors.DataError`: a missing or broken file, a bad value, a checkpoint that
 does not fit the configured model) and a non-finite loss end the command with one line ``textseg: error: ...`` on
@@ -16,10 +17,12 @@ stderr and exit code 2 (1 for a non-finite loss), without a traceback; ``TEXTSEG
 errors (unknown key, wrong type) are reported by jsonargparse the same way.
 
 ``data``, ``report`` and ``grid`` are plain argparse commands (:mod:`textseg.cli.data`, :mod:`textseg.cli.report`,
-:mod:`textseg.cli.grid`) dispatched before LightningCLI, without importing Lightning. The Lightning subcommands run
-:class:`~textseg.cli.lightning.TextSegCLI`: every one also accepts ``--seed`` (one seed for ``seed_everything``,
-``data.seed`` and the method's ``aug_seed``) and ``--run_dir`` (write the run into exactly this folder), and ``fit``
-always writes ``run_card.json`` (:class:`~textseg.engine.runcard.RunCardCallback`).
+:mod:`textseg.cli.grid`) dispatched before LightningCLI, without importing Lightning; ``probe``
+(:mod:`textseg.cli.probe`: does a checkpoint's model read the text?) is dispatched there too and imports Lightning only
+when it runs. The Lightning subcommands run :class:`~textseg.cli.lightning.TextSegCLI`: every one also accepts
+``--seed`` (one seed for ``seed_everything``, ``data.seed`` and the method's ``aug_seed``) and ``--run_dir`` (write the
+run into exactly this folder), and ``fit`` always writes ``run_card.json``
+(:class:`~textseg.engine.runcard.RunCardCallback`).
 """
 
 from __future__ import annotations
@@ -62,11 +65,18 @@ def _run_grid(argv: Sequence[str]) -> int:
     return grid_main(argv)
 
 
+def _run_probe(argv: Sequence[str]) -> int:
+    from textseg.cli.probe import main as probe_main
+
+    return probe_main(argv)
+
+
 #: Commands handled before LightningCLI: name -> handler(argv) returning the exit code.
 EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "data": _run_data,
     "report": _run_report,
     "grid": _run_grid,
+    "probe": _run_probe,
 }
 
 
@@ -74,8 +84,8 @@ def main(args: Any = None) -> None:
     """Entry point of the ``textseg`` console script and ``python -m textseg``.
 
     Args:
-        args: Command-line arguments (default ``sys.argv[1:]``); a list starting with ``data``, ``report`` or
-            ``grid`` runs that workflow command, anything else goes to LightningCLI (which also accepts a dict).
+        args: Command-line arguments (default ``sys.argv[1:]``); a list starting with ``data``, ``report``, ``grid``
+            or ``probe`` runs that workflow command, anything else goes to LightningCLI (which also accepts a dict).
 
     Raises:
         SystemExit: With the exit code of a workflow command that failed, 2 for bad input

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 #: Environment variable that makes input errors raise with their traceback (debugging).
@@ -29,11 +30,26 @@ def run_guarded(args: Any, command: list[str] | None) -> None:
         SystemExit: 2 for bad input (:class:`~textseg.errors.DataError`), 1 for a non-finite loss.
     """
     from textseg.cli.lightning import run_lightning_cli
+
+    guarded(run_lightning_cli, args, command)
+
+
+def guarded(run: Callable[..., Any], *args: Any) -> None:
+    """Call ``run(*args)``; a :class:`~textseg.errors.DataError` or non-finite loss becomes one line and an exit code.
+
+    Args:
+        run: The command to run.
+        *args: Its arguments.
+
+    Raises:
+        SystemExit: 2 for bad input (:class:`~textseg.errors.DataError`), 1 for a non-finite loss; other errors
+            propagate (as do all with ``TEXTSEG_TRACEBACK=1``).
+    """
     from textseg.engine.guards import NonFiniteLossError
     from textseg.errors import DataError
 
     try:
-        run_lightning_cli(args, command)
+        run(*args)
     except Exception as exc:
         # A DataError raised while a DataLoader builds a sample reaches us wrapped (MONAI's "applying transform").
         cause: BaseException | None = exc
