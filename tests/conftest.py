@@ -8,6 +8,7 @@ skips the test when the folder is absent. Set ``TEXTSEG_SHARED_DATA`` to another
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,3 +78,11 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def membership(qata_files: Path) -> dict[float, list[str]]:
+    """Semi-MedRef's published labeled QaTa subsets: label ratio -> the labeled image paths, in file order."""
+    with (qata_files / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {r: [row["image_path"] for row in rows if row[f"labeled_{r}"] == "1"] for r in (0.01, 0.02, 0.05, 0.15)}

@@ -197,6 +197,35 @@ def test_predict_real_examples_tiny_model(tmp_path: Path, qata_files: Path) -> N
     assert len(rows) == 7 and all(r["text"] for r in rows)
 
 
+def test_predict_writes_by_default(tmp_path: Path, qata_files: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No writer in the config: masks, probability maps and overlays land in <run_dir>/predictions, at image size."""
+    folder, texts, sizes = _example_folder(tmp_path, qata_files / "examples")
+    run_dir = tmp_path / "run"
+    main([
+        "predict",
+        "--model=textseg.SupervisedModule",
+        "--model.init_args.vision_encoder=tiny",
+        "--model.init_args.text_encoder=tiny",
+        "--data.dataset=qata",
+        f"--data.root={tmp_path / 'unused'}",
+        f"--data.predict_images={folder}",
+        f"--data.predict_texts={texts}",
+        "--data.image_size=64",
+        "--data.eval_batch_size=4",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        f"--run_dir={run_dir}",
+    ])  # fmt: skip
+    out = run_dir / "predictions"
+    masks = sorted((out / "masks").glob("*.png"))
+    assert sorted(p.stem for p in masks) == sorted(sizes)
+    for path in masks:
+        assert np.asarray(Image.open(path)).shape == sizes[path.stem]
+        assert (out / "probs" / path.name).is_file() and (out / "overlays" / path.name).is_file()
+    assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 7
+    assert f"predictions written to {out}" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------------ sweeps
 
 SWEEPS = {

@@ -278,15 +278,6 @@ def test_real_examples_as_sgseg_tree(tmp_path: Path, qata_files: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def membership(qata_files: Path) -> dict[float, list[str]]:
-    import csv
-
-    with (qata_files / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {r: [row["image_path"] for row in rows if row[f"labeled_{r}"] == "1"] for r in RATIOS}
-
-
-@pytest.fixture(scope="module")
 def real_qata_trees(tmp_path_factory: pytest.TempPathFactory, qata_files: Path) -> tuple[QaTaCOV19, QaTaCOV19]:
     base = tmp_path_factory.mktemp("real_qata")
     make_qata_tree_from_annotation(base / "sgseg", qata_files / "annotation.json")

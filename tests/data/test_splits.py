@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -23,13 +22,6 @@ COMPLEMENT = {0.01: "0.99", 0.02: "0.98", 0.05: "0.95", 0.15: "0.85"}
 def qata_keys(qata_files: Path) -> list[str]:
     data = json.loads((qata_files / "annotation.json").read_text(encoding="utf-8"))
     return [e["image_path"] for e in data["train"]]
-
-
-@pytest.fixture(scope="module")
-def membership(qata_files: Path) -> dict[float, list[str]]:
-    with (qata_files / "derived" / "semimedref_qata_train_split_membership.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {r: [row["image_path"] for row in rows if row[f"labeled_{r}"] == "1"] for r in RATIOS}
 
 
 @pytest.fixture(scope="module")

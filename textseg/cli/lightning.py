@@ -14,10 +14,11 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from textseg.data.datamodule import TextSegDataModule
 from textseg.engine import checkpointing
+from textseg.engine.predictions import MaskWriter
 from textseg.engine.runcard import RunCardCallback
 from textseg.engine.wandb import TextSegWandbLogger
 from textseg.errors import DataError
@@ -235,17 +236,25 @@ class TextSegCLI(LightningCLI):
         self._describe_wandb()
 
     def before_predict(self) -> None:
-        """Name the W&B run; with a prediction writer, do not also keep every prediction in memory."""
+        """Name the W&B run; write the predictions, and do not also keep every prediction in memory.
+
+        Without a prediction writer in the config, a :class:`~textseg.engine.predictions.MaskWriter` writes masks
+        (PNG 0/255 at each image's size), probability maps and overlays into ``<run dir>/predictions`` (the logger's
+        run folder, ``--run_dir``, or ``default_root_dir``). To choose what is written, or where, configure the writer
+        yourself: ``--trainer.callbacks+=textseg.engine.predictions.MaskWriter --trainer.callbacks.output_dir DIR
+        --trainer.callbacks.write_probs false --trainer.callbacks.write_overlays false``.
+        """
         self._describe_wandb()
-        writers = [cb for cb in getattr(self.trainer, "callbacks", []) if isinstance(cb, BasePredictionWriter)]
-        kwargs = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        if writers and kwargs.get("return_predictions") is None:
-            kwargs["return_predictions"] = False
+        callbacks: list[Any] = getattr(self.trainer, "callbacks")  # noqa: B009 (a property mypy does not see)
+        writers = [cb for cb in callbacks if isinstance(cb, BasePredictionWriter)]
         if not writers:
-            rank_zero_warn(
-                "textseg predict without a prediction writer writes nothing; add "
-                "--trainer.callbacks+=textseg.engine.predictions.MaskWriter --trainer.callbacks.output_dir DIR"
-            )
+            run_dir = self.trainer.log_dir or self.trainer.default_root_dir  # a broadcast under DDP: every rank asks
+            writers = [MaskWriter(Path(run_dir) / "predictions", write_probs=True)]
+            callbacks.append(writers[0])
+        self._writers = writers
+        kwargs = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if kwargs.get("return_predictions") is None:
+            kwargs["return_predictions"] = False
 
     def after_fit(self) -> None:
         """Test the best (or last) checkpoint when ``--test_after_fit`` is set, then finish the W&B run.
@@ -270,7 +279,11 @@ class TextSegCLI(LightningCLI):
         self._finish_wandb()
 
     def after_predict(self) -> None:
-        """Finish the W&B run."""
+        """Say where the predictions are, then finish the W&B run."""
+        for writer in getattr(self, "_writers", []):
+            folder = getattr(writer, "output_dir", None)
+            if folder is not None:
+                rank_zero_info(f"textseg: predictions written to {folder}")
         self._finish_wandb()
 
 

@@ -4,8 +4,7 @@ Examples:
     textseg fit --config configs/semimedref_mmiunet.yaml
     textseg fit --config configs/demo_semimedref.yaml --config configs/logger/wandb.yaml --seed 43
     textseg test --config configs/semimedref_mmiunet.yaml --ckpt_path runs/.../best.ckpt
-    textseg predict --config configs/demo_semimedref.yaml --ckpt_path runs/.../best.ckpt \
-        --trainer.callbacks+=textseg.engine.predictions.MaskWriter --trainer.callbacks.output_dir predictions
+    textseg predict --config configs/demo_semimedref.yaml --ckpt_path runs/.../best.ckpt --run_dir runs/pred
     textseg data check /data/QaTa-COV19
     textseg report runs/ --out report/
     textseg grid configs/sweeps/semimedref_qata.yaml --dry-run
