@@ -3,7 +3,8 @@
 Every ``import`` of a ``textseg`` module anywhere in a file (also inside functions, i.e. lazy imports) is an edge of
 the import graph. The graph must have no circle, and an edge may only go from a layer to one it is allowed to use:
 ``ops`` and ``models`` sit on ``errors``; ``data`` on ``ops``; ``engine`` (run plumbing) on ``data`` and ``ops``;
-``methods`` on ``models``, ``ops`` and ``engine``; ``cli`` on everything. Nothing imports ``cli``, and nothing in
+``methods`` on ``models``, ``ops`` and ``engine``; ``inference`` (using a trained model) on ``methods`` and everything
+below it; ``cli`` on everything. Nothing imports ``cli``, and nothing in
 ``textseg`` imports ``benchmarks`` or ``experiments``.
 """
 
@@ -27,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"errors", "ops"},
     "engine": {"errors", "ops", "data", "textseg"},
     "methods": {"errors", "cuda_env", "ops", "models", "engine"},
-    "cli": {"errors", "cuda_env", "ops", "models", "data", "engine", "methods", "textseg"},
+    "inference": {"errors", "ops", "models", "data", "engine", "methods", "textseg"},
+    "cli": {"errors", "cuda_env", "ops", "models", "data", "engine", "methods", "inference", "textseg"},
     "textseg": {"cuda_env"},
     "__main__": {"cli"},
 }

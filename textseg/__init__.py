@@ -5,7 +5,8 @@ The public entry points are imported lazily so that ``import textseg`` stays che
 * :class:`textseg.TextSegDataModule` -- the shared LightningDataModule;
 * :class:`textseg.SupervisedModule` -- the labeled-only baseline;
 * :class:`textseg.SemiMedRefModule` -- Semi-MedRef (Li et al., 2026);
-* :class:`textseg.TextMoEModule` -- TextMoE (Zeng et al., MICCAI 2025).
+* :class:`textseg.TextMoEModule` -- TextMoE (Zeng et al., MICCAI 2025);
+* :class:`textseg.Segmenter` -- a trained model: load, predict, save, share (:mod:`textseg.inference`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _LAZY = {
     "SupervisedModule": "textseg.methods.supervised",
     "SemiMedRefModule": "textseg.methods.semimedref",
     "TextMoEModule": "textseg.methods.textmoe",
+    "Segmenter": "textseg.inference.segmenter",
 }
 
 __all__ = ["__version__", *_LAZY]

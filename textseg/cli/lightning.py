@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from textseg.data.datamodule import TextSegDataModule
 from textseg.engine import checkpointing
 from textseg.engine.predictions import MaskWriter
+from textseg.engine.progress import EpochSummary, wants_epoch_lines
 from textseg.engine.runcard import RunCardCallback
 from textseg.engine.wandb import TextSegWandbLogger
 from textseg.errors import DataError
@@ -205,11 +206,22 @@ class TextSegCLI(LightningCLI):
         trainer["logger"] = [csv, *items]
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Instantiate the trainer and add a :class:`~textseg.engine.runcard.RunCardCallback` if the config has none."""
+        """Instantiate the trainer; add a run card and, for ``fit``, the one-line-per-epoch summary.
+
+        A :class:`~textseg.engine.runcard.RunCardCallback` is added if the config has none. ``fit`` also gets an
+        :class:`~textseg.engine.progress.EpochSummary` (one line per epoch on stdout) when stdout is not a terminal
+        (a SLURM log file) or ``TEXTSEG_EPOCH_LINES=1`` (``0``: never), unless the config has one.
+        """
         trainer = super().instantiate_trainer(**kwargs)
         callbacks: list[Any] = getattr(trainer, "callbacks", [])
         if not any(isinstance(cb, RunCardCallback) for cb in callbacks):
             callbacks.insert(0, RunCardCallback(command=self._command))
+        if (
+            self.subcommand == "fit"
+            and wants_epoch_lines()
+            and not any(isinstance(cb, EpochSummary) for cb in callbacks)
+        ):
+            callbacks.append(EpochSummary())
         return trainer
 
     # ------------------------------------------------------------------------------------------------ hooks

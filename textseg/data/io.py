@@ -27,6 +27,7 @@ __all__ = [
     "TextRow",
     "find_child",
     "find_subdir",
+    "grey_image",
     "is_unterminated",
     "read_image",
     "read_mask",
@@ -117,6 +118,22 @@ def read_image(path: Path) -> np.ndarray:
     """
     path = Path(path)
     return _to_uint8_grey(_load(path, "image"), path)
+
+
+def grey_image(im: Image.Image, source: str | Path = "<image>") -> np.ndarray:
+    """Convert an in-memory PIL image to 8-bit greyscale exactly as :func:`read_image` converts a file.
+
+    Args:
+        im: A decoded PIL image of any common mode.
+        source: What the image is, for error messages.
+
+    Returns:
+        ``uint8`` array ``[H, W]``.
+
+    Raises:
+        DataError: If the mode or the values are not supported.
+    """
+    return _to_uint8_grey(im, Path(source))
 
 
 def read_mask(path: Path) -> np.ndarray:

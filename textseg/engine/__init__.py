@@ -3,6 +3,7 @@
 * :mod:`textseg.engine.checkpointing` -- safe checkpoint loading and the mid-epoch resume state;
 * :mod:`textseg.engine.guards` -- the non-finite loss/gradient guard;
 * :mod:`textseg.engine.loggers` -- the CSV logger;
+* :mod:`textseg.engine.progress` -- one line per epoch on stdout (:class:`~textseg.engine.progress.EpochSummary`);
 * :mod:`textseg.engine.wandb` -- the W&B logger and run naming;
 * :mod:`textseg.engine.overlays` -- W&B image overlays;
 * :mod:`textseg.engine.predictions` -- the prediction writer;

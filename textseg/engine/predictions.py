@@ -23,7 +23,23 @@ from textseg.data.io import read_image, read_size
 from textseg.engine.overlays import render_overlay
 from textseg.errors import DataError
 
-__all__ = ["MaskWriter"]
+__all__ = ["MaskWriter", "resize_probs"]
+
+
+def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize network-size probabilities to an image's original size (bilinear), clamped to [0, 1].
+
+    The one resize of predictions: :class:`MaskWriter` and :class:`textseg.inference.Segmenter` both use it.
+
+    Args:
+        probs: ``[B, 1, h, w]`` probabilities.
+        size: ``(height, width)`` of the original image.
+
+    Returns:
+        ``[B, 1, height, width]`` float probabilities.
+    """
+    resized = F.interpolate(probs.float(), size=size, mode="bilinear", align_corners=False)
+    return resized.clamp(0.0, 1.0)
 
 
 class MaskWriter(BasePredictionWriter):
@@ -139,8 +155,7 @@ class MaskWriter(BasePredictionWriter):
             if not sample_id or Path(sample_id).name != sample_id or sample_id in (".", ".."):
                 raise DataError(f"MaskWriter: id {sample_id!r} is not a plain file name")
             height, width = read_size(Path(paths[i]), "image")
-            prob = F.interpolate(probs[i : i + 1], size=(height, width), mode="bilinear", align_corners=False)
-            prob_np = prob[0, 0].clamp(0.0, 1.0).numpy()
+            prob_np = resize_probs(probs[i : i + 1], (height, width))[0, 0].numpy()
             mask = prob_np >= self.threshold
             mask_path = folders["masks"] / f"{sample_id}.png"
             Image.fromarray(mask.astype(np.uint8) * np.uint8(255), mode="L").save(mask_path)
