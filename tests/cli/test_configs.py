@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tinyrun import tiny_args
 
 from textseg.cli.main import main
 
@@ -113,25 +114,10 @@ def test_config_fit_and_test(rel: str, qata_root: Path, mosmed_root: Path, tmp_p
         "fit",
         "--config", str(CONFIGS.parent / rel),
         "--data.root", root,
-        "--data.image_size", "64",
-        "--data.batch_size", "2",
-        "--data.unlabeled_batch_size", "2",
-        "--data.eval_batch_size", "4",
-        "--data.num_workers", "0",
-        "--data.dataset_options", json.dumps(options or None),
-        "--model.init_args.vision_encoder", "tiny",
-        "--model.init_args.text_encoder", "tiny",
-        "--model.init_args.vision_checkpoint", "null",
-        "--model.init_args.project_dim", "16",
-        "--trainer.accelerator", "cpu",
-        "--trainer.min_epochs", "null",
-        "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2",
+        *tiny_args(dataset_options=json.dumps(options or None)),
         "--trainer.limit_val_batches", "1",
         "--trainer.limit_test_batches", "1",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
         "--test_after_fit", "true",
     ]  # fmt: skip
     if semi:

@@ -15,6 +15,7 @@ import torch
 import yaml
 from fakedata import write_png
 from PIL import Image
+from tinyrun import tiny_args
 
 from textseg.cli.grid import build_runs, expand_grid, load_sweep
 from textseg.cli.main import main
@@ -28,22 +29,7 @@ from textseg.ops.metrics import per_image_scores
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
-TINY = [
-    "--data.image_size", "64",
-    "--data.batch_size", "2",
-    "--data.unlabeled_batch_size", "2",
-    "--data.eval_batch_size", "4",
-    "--data.num_workers", "0",
-    "--data.dataset_options", "{synthetic: {n_train: 8, n_val: 4, n_test: 4, image_size: 64}}",
-    "--model.init_args.vision_encoder", "tiny",
-    "--model.init_args.text_encoder", "tiny",
-    "--model.init_args.project_dim", "16",
-    "--trainer.accelerator", "cpu",
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "2",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
-]  # fmt: skip
+TINY = tiny_args()
 
 
 # ------------------------------------------------------------------------------------------------------- W&B
@@ -160,11 +146,9 @@ def _example_folder(tmp_path: Path, examples: Path) -> tuple[Path, Path, dict[st
     return folder, texts, sizes
 
 
-def test_predict_real_examples_tiny_model(tmp_path: Path, qata_files: Path) -> None:
-    folder, texts, sizes = _example_folder(tmp_path, qata_files / "examples")
-    assert len(sizes) == 7
-    out = tmp_path / "pred"
-    main([
+def _predict_args(tmp_path: Path, folder: Path, texts: Path) -> list[str]:
+    """``textseg predict`` of an untrained tiny supervised model on an image folder with its texts."""
+    return [
         "predict",
         "--model=textseg.SupervisedModule",
         "--model.init_args.vision_encoder=tiny",
@@ -176,9 +160,18 @@ def test_predict_real_examples_tiny_model(tmp_path: Path, qata_files: Path) -> N
         "--data.image_size=64",
         "--data.eval_batch_size=4",
         "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+    ]
+
+
+def test_predict_real_examples_tiny_model(tmp_path: Path, qata_files: Path) -> None:
+    folder, texts, sizes = _example_folder(tmp_path, qata_files / "examples")
+    assert len(sizes) == 7
+    out = tmp_path / "pred"
+    main([
+        *_predict_args(tmp_path, folder, texts),
         "--trainer.logger=false",
         f"--trainer.default_root_dir={tmp_path}",
-        "--trainer.enable_progress_bar=false",
         "--trainer.callbacks+=textseg.engine.predictions.MaskWriter",
         f"--trainer.callbacks.output_dir={out}",
         "--trainer.callbacks.write_probs=true",
@@ -201,21 +194,7 @@ def test_predict_writes_by_default(tmp_path: Path, qata_files: Path, caplog: pyt
     """No writer in the config: masks, probability maps and overlays land in <run_dir>/predictions, at image size."""
     folder, texts, sizes = _example_folder(tmp_path, qata_files / "examples")
     run_dir = tmp_path / "run"
-    main([
-        "predict",
-        "--model=textseg.SupervisedModule",
-        "--model.init_args.vision_encoder=tiny",
-        "--model.init_args.text_encoder=tiny",
-        "--data.dataset=qata",
-        f"--data.root={tmp_path / 'unused'}",
-        f"--data.predict_images={folder}",
-        f"--data.predict_texts={texts}",
-        "--data.image_size=64",
-        "--data.eval_batch_size=4",
-        "--trainer.accelerator=cpu",
-        "--trainer.enable_progress_bar=false",
-        f"--run_dir={run_dir}",
-    ])  # fmt: skip
+    main([*_predict_args(tmp_path, folder, texts), f"--run_dir={run_dir}"])
     out = run_dir / "predictions"
     masks = sorted((out / "masks").glob("*.png"))
     assert sorted(p.stem for p in masks) == sorted(sizes)

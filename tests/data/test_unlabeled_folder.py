@@ -16,6 +16,7 @@ import pytest
 from fakedata import make_text_folder
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
+from tinyrun import tiny_args
 
 from textseg import SemiMedRefModule, TextMoEModule
 from textseg.data.datamodule import TextSegDataModule
@@ -171,27 +172,12 @@ def test_cli_fit_with_an_extra_folder(tmp_path: Path) -> None:
         "fit",
         "--config", str(REPO / "configs" / "demo_semimedref.yaml"),
         "--data.root", str(tmp_path / "synthetic"),
-        "--data.image_size", "64",
-        "--data.batch_size", "2",
-        "--data.unlabeled_batch_size", "2",
-        "--data.eval_batch_size", "4",
-        "--data.num_workers", "0",
-        "--data.dataset_options", json.dumps({"synthetic": SMALL}),
-        "--model.init_args.vision_encoder", "tiny",
-        "--model.init_args.text_encoder", "tiny",
-        "--model.init_args.vision_checkpoint", "null",
-        "--model.init_args.project_dim", "16",
+        *tiny_args(dataset_options=json.dumps({"synthetic": SMALL})),
         "--model.init_args.burn_in_epochs", "0",
         "--model.init_args.lambda_u_ramp_epochs", "0",
-        "--trainer.accelerator", "cpu",
-        "--trainer.min_epochs", "null",
-        "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2",
         "--trainer.limit_val_batches", "1",
         "--trainer.limit_test_batches", "1",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
         "--test_after_fit", "false",
         "--data.unlabeled_images", str(folder),
         "--data.unlabeled_texts", str(table),

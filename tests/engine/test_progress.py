@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinyrun import tiny_args
 
 from textseg.cli.main import main
 from textseg.engine.progress import EPOCH_LINES_ENV, EpochSummary, format_epoch_line, wants_epoch_lines
@@ -51,24 +52,9 @@ def test_fit_prints_one_line_per_epoch(
         "fit",
         "--config", str(CONFIGS / "demo_semimedref.yaml"),
         "--data.root", str(tmp_path / "synthetic"),
-        "--data.image_size", "64",
-        "--data.batch_size", "2",
-        "--data.unlabeled_batch_size", "2",
-        "--data.eval_batch_size", "4",
-        "--data.num_workers", "0",
-        "--data.dataset_options", "{synthetic: {n_train: 8, n_val: 4, n_test: 4, image_size: 64}}",
-        "--model.init_args.vision_encoder", "tiny",
-        "--model.init_args.text_encoder", "tiny",
-        "--model.init_args.vision_checkpoint", "null",
-        "--model.init_args.project_dim", "16",
-        "--trainer.accelerator", "cpu",
-        "--trainer.min_epochs", "null",
-        "--trainer.max_epochs", "2",
-        "--trainer.limit_train_batches", "2",
+        *tiny_args(max_epochs=2),
         "--trainer.limit_val_batches", "1",
         "--trainer.num_sanity_val_steps", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
         "--run_dir", str(tmp_path / "run"),
     ]  # fmt: skip
     main(args)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tinyrun import tiny_args
 
 import textseg
 from textseg.cli.main import main
@@ -40,20 +41,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "fit",
         "--config", str(REPO / "configs" / "demo_semimedref.yaml"),
         "--data.root", str(work / "synthetic"),
-        "--data.dataset_options", "{synthetic: {n_train: 8, n_val: 4, n_test: 4, image_size: 64}}",
-        "--data.image_size", "64",
-        "--data.batch_size", "2",
-        "--data.unlabeled_batch_size", "2",
-        "--data.eval_batch_size", "4",
-        "--data.num_workers", "0",
-        "--model.init_args.vision_encoder", "tiny",
-        "--model.init_args.text_encoder", "tiny",
-        "--model.init_args.project_dim", "16",
-        "--trainer.accelerator", "cpu",
-        "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
+        *tiny_args(),
         "--test_after_fit", "true",
         "--run_dir", str(run),
         "--seed", "7",
