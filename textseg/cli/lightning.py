@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -22,7 +21,6 @@ from textseg.engine.predictions import MaskWriter
 from textseg.engine.progress import EpochSummary, wants_epoch_lines
 from textseg.engine.runcard import RunCardCallback
 from textseg.engine.wandb import TextSegWandbLogger
-from textseg.errors import DataError
 from textseg.methods import SemiMedRefModule, SupervisedModule, TextSegModule
 
 __all__ = [
@@ -107,15 +105,7 @@ class TextSegCLI(LightningCLI):
 
     @staticmethod
     def _check_ckpt_file(path: Path, model_class_path: str) -> None:
-        if not path.is_file():
-            raise DataError(f"checkpoint file not found: {path}")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # any unpickling/format failure means "not a checkpoint"
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise DataError(f"{path} is not a readable checkpoint (torch.load, weights_only=True: {reason})") from exc
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-            raise DataError(f"{path} is not a Lightning checkpoint (no state_dict)")
+        ckpt = checkpointing.read_checkpoint(path, mmap=True)
         checkpointing.refuse_other_method(ckpt, model_class_path.rsplit(".", 1)[-1], f"checkpoint {path}")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -203,9 +203,7 @@ def load_weights(model: TextSegModule, path: str | Path, weights_only: bool | No
         DataError: If the file is not a Lightning checkpoint, or was saved by another method or does not fit the
             network (:func:`~textseg.engine.checkpointing.check_fits`).
     """
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=weights_only)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise DataError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    ckpt = checkpointing.read_checkpoint(path, weights_only)
     checkpointing.check_fits(ckpt, model, str(path))
     model.load_state_dict(ckpt["state_dict"])
     return ckpt

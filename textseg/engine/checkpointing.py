@@ -32,7 +32,16 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from textseg.errors import DataError
 
-__all__ = ["KEY", "RNG_KEY", "ResumeState", "check_fits", "refuse_other_method", "saved_method", "stamp"]
+__all__ = [
+    "KEY",
+    "RNG_KEY",
+    "ResumeState",
+    "check_fits",
+    "read_checkpoint",
+    "refuse_other_method",
+    "saved_method",
+    "stamp",
+]
 
 #: Key of textseg's entry in a checkpoint.
 KEY = "textseg"
@@ -66,6 +75,34 @@ def saved_method(checkpoint: dict[str, Any]) -> str:
     """Class name of the module that saved ``checkpoint`` (textseg's stamp, else LightningCLI's ``_class_path``)."""
     method = (checkpoint.get(KEY) or {}).get("method")
     return str(method or (checkpoint.get("hyper_parameters") or {}).get("_class_path", "")).rsplit(".", 1)[-1]
+
+
+def read_checkpoint(path: str | Path, weights_only: bool | None = True, mmap: bool = False) -> dict[str, Any]:
+    """Read a Lightning checkpoint file, or raise one clear :class:`~textseg.errors.DataError`.
+
+    Args:
+        path: The checkpoint file.
+        weights_only: ``torch.load``'s ``weights_only`` (``True``: tensors and plain values only).
+        mmap: Map the file instead of reading it (cheap when only the metadata is needed).
+
+    Returns:
+        The checkpoint dict (with a ``state_dict``), on the CPU.
+
+    Raises:
+        DataError: If the file is missing, cannot be unpickled, or is not a Lightning checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+    except Exception as exc:  # any unpickling/format failure means "not a checkpoint"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        detail = f"torch.load, weights_only={weights_only}: {reason}"
+        raise DataError(f"{path} could not be read as a checkpoint ({detail})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise DataError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    return ckpt
 
 
 def refuse_other_method(checkpoint: dict[str, Any], wanted: str, where: str) -> None:

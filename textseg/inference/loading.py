@@ -14,9 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from textseg.engine.checkpointing import check_fits, saved_method
+from textseg.engine.checkpointing import check_fits, read_checkpoint, saved_method
 from textseg.errors import DataError
 from textseg.models.encoders.vision import looks_like_path
 
@@ -99,12 +97,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     Raises:
         DataError: If the file is not a loadable checkpoint or holds no ``state_dict``/``hyper_parameters``.
     """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"checkpoint {path} could not be read as a textseg checkpoint: {exc}") from exc
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise DataError(f"checkpoint {path} has no state_dict and hyper_parameters: not written by textseg fit")
+    checkpoint = read_checkpoint(path)
+    if "hyper_parameters" not in checkpoint:
+        raise DataError(f"checkpoint {path} has no hyper_parameters: not written by textseg fit")
     return checkpoint
 
 
