@@ -21,6 +21,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from textseg.errors import DataError
 from textseg.ops.metrics import HD_PERCENTILE, LVIT_EPS
 
 __all__ = ["CARD_LIBRARIES", "METRIC_DEFINITIONS", "RunCardCallback", "git_info", "library_versions"]
@@ -107,7 +108,7 @@ def step_budget(trainer: Trainer, datamodule: Any) -> dict[str, Any]:
     if callable(counter):
         try:
             steps = int(counter())
-        except Exception:  # a DataModule that is not set up for fit has no budget to report
+        except (DataError, KeyError):  # an empty split, or a DataModule not set up for fit: no budget to report
             steps = None
     limit = trainer.limit_train_batches
     if steps is not None and isinstance(limit, int):
