@@ -284,6 +284,10 @@ def test_grid_in_process_then_report(tmp_path: Path, capsys: pytest.CaptureFixtu
         # 3 steps), capped at 2 by --trainer.limit_train_batches
         budget = {"epoch": "unlabeled_pass", "steps_per_epoch": 2, "max_epochs": 1, "accumulate_grad_batches": 1}
         assert card["budget"] == {**budget, "optimizer_steps": 2}
+        assert card["train_seconds"] > 0 and card["hardware"]["cpu_count"] >= 1
+        model_card = (run_dir / "model_card.md").read_text()  # written by the test after fit
+        dice = json.loads((run_dir / "test_metrics.json").read_text())["metrics"]["test_dice"]
+        assert f"| `test_dice` | {dice:.4f} | pooled Dice" in model_card and card["split"]["sha256"] in model_card
     assert not list(out.rglob("wandb"))  # --no-wandb dropped the logger config
     statuses = json.loads((out / "grid.json").read_text())
     assert [s["status"] for s in statuses] == ["ok", "ok"]

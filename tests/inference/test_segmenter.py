@@ -136,7 +136,10 @@ def test_save_and_reload(segmenter: Segmenter, trained: dict[str, Any], tmp_path
     assert config["method"] == "SemiMedRefModule" and config["image_size"] == 64
     assert config["hparams"]["text_encoder"] == "tiny" and config["textseg_version"] == textseg.__version__
     card = (folder / "README.md").read_text()
-    assert "not for clinical use" in card and "2605.15720" in card and "MICCAI 2025" in card and "test_dice" in card
+    assert "not for clinical use" in card and "2605.15720" in card and "MICCAI 2024" in card and "test_dice" in card
+    run_card = json.loads((trained["ckpt"].parent.parent / "run_card.json").read_text())
+    assert run_card["split"]["sha256"] in card and "training time" in card  # the training run's facts came along
+    assert card == (trained["ckpt"].parent.parent / "model_card.md").read_text()  # the run's own card
     reloaded = Segmenter.from_pretrained(folder, device="cpu")
     images, texts = trained["images"][:2], [TEXT, OTHER]
     for a, b in zip(segmenter.predict_proba(images, texts), reloaded.predict_proba(images, texts), strict=True):

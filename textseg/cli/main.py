@@ -79,6 +79,20 @@ def _run_probe(argv: Sequence[str]) -> int:
     return probe_main(argv)
 
 
+def _run_export(argv: Sequence[str]) -> int:
+    """Export a trained model to ONNX or TorchScript (image + tokenized text in, logits out)."""
+    from textseg.cli.export import main as export_main
+
+    return export_main(argv)
+
+
+def _run_convert(argv: Sequence[str]) -> int:
+    """Convert a reference-code checkpoint (GuideDecoder, MMI-UNet, TextMoE) to textseg's layout and back."""
+    from textseg.cli.convert import main as convert_main
+
+    return convert_main(argv)
+
+
 #: Commands handled before LightningCLI: name -> handler(argv) returning the exit code.
 EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "data": _run_data,
@@ -86,6 +100,8 @@ EXTRA_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "grid": _run_grid,
     "probe": _run_probe,
     "segment": importlib.import_module("textseg.cli.segment").main,  # argparse only until it runs
+    "export": _run_export,
+    "convert": _run_convert,
 }
 
 
@@ -155,6 +171,9 @@ def main(args: Any = None) -> None:
             raise SystemExit(code)
         return
     command = ["textseg", *map(str, argv)] if isinstance(argv, (list, tuple)) else None
+    from textseg.engine.quiet import install_filters
+
+    install_filters()  # drop the known-harmless third-party messages (each filter says why)
     run_guarded(args, command)
 
 

@@ -2,7 +2,8 @@
 
 :class:`RunCardCallback` records the resolved hyper-parameters, the split file, the metric definitions
 (:data:`METRIC_DEFINITIONS`), library versions (:func:`library_versions`), the git commit (:func:`git_info`), the
-trainer setup and the command line; ``textseg fit`` always adds it.
+trainer setup, the hardware and the command line; at fit end it adds the training time, and after a test it writes
+the model card (:mod:`textseg.engine.modelcard`). Every Lightning subcommand of ``textseg`` adds it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,10 +24,11 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from textseg.engine.modelcard import write_model_card
 from textseg.errors import DataError
 from textseg.ops.metrics import HD_PERCENTILE, LVIT_EPS
 
-__all__ = ["CARD_LIBRARIES", "METRIC_DEFINITIONS", "RunCardCallback", "git_info", "library_versions"]
+__all__ = ["CARD_LIBRARIES", "METRIC_DEFINITIONS", "RunCardCallback", "git_info", "hardware", "library_versions"]
 
 #: Libraries whose versions go into the run card.
 CARD_LIBRARIES: tuple[str, ...] = ("torch", "lightning", "monai", "transformers", "torchmetrics")
@@ -88,6 +92,22 @@ def git_info(path: str | Path | None = None) -> dict[str, Any] | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": commit, "dirty": bool(status.strip())} if commit else None
+
+
+def hardware(trainer: Trainer) -> dict[str, Any]:
+    """The machine a run trains on: CPU, core count and, on CUDA, the names of the GPUs it uses."""
+    import torch
+
+    devices: list[str] = []
+    if type(trainer.accelerator).__name__ == "CUDAAccelerator" and torch.cuda.is_available():
+        ids = trainer.device_ids or list(range(torch.cuda.device_count()))
+        devices = [torch.cuda.get_device_name(i) for i in ids]
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "devices": devices,
+        "host": platform.node(),
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -178,6 +198,7 @@ class RunCardCallback(Callback):
                 "world_size": trainer.world_size,
                 "strategy": type(trainer.strategy).__name__,
             },
+            "hardware": hardware(trainer),
             "budget": step_budget(trainer, datamodule),
             "command": {"argv": command, "line": shlex.join(command)},
         }
@@ -185,9 +206,42 @@ class RunCardCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the card (rank 0; ``trainer.log_dir`` is a broadcast under DDP, so every rank asks for it)."""
         log_dir = trainer.log_dir
+        self._fit_start = time.monotonic()
         if not trainer.is_global_zero:
             return
         card = self.build_card(trainer, pl_module, log_dir)
         path = Path(card["run_dir"]) / self.filename
+        if trainer.ckpt_path and path.is_file():  # a resumed fit: keep the time trained before the stop
+            try:
+                card["train_seconds"] = json.loads(path.read_text(encoding="utf-8")).get("train_seconds")
+            except (OSError, ValueError):
+                pass
+        self._write(path, card)
+
+    @staticmethod
+    def _write(path: Path, card: dict[str, Any]) -> None:
+        """Write ``card`` as JSON, through a temporary file so that a reader never sees half a card."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    def _run_dir(self, trainer: Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Add the training time (``train_seconds``, this process's fit, resumed parts added up) to the card."""
+        run_dir = self._run_dir(trainer)
+        start = getattr(self, "_fit_start", None)
+        path = run_dir / self.filename
+        if not trainer.is_global_zero or start is None or not path.is_file():
+            return
+        card = json.loads(path.read_text(encoding="utf-8"))
+        card["train_seconds"] = round(float(card.get("train_seconds") or 0.0) + time.monotonic() - start, 1)
+        self._write(path, card)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write ``model_card.md`` beside the run card once the run has test metrics (rank 0)."""
+        run_dir = self._run_dir(trainer)
+        if trainer.is_global_zero:
+            write_model_card(run_dir)

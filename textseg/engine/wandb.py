@@ -280,6 +280,10 @@ class TextSegWandbLogger(WandbLogger):
             notes=notes,
             **kwargs,
         )
+        if self._wandb_init.get("anonymous") is None:
+            # Lightning passes anonymous=None, which W&B answers with "The anonymous setting has no effect" on
+            # every run; leaving the key out is the same setting without the message.
+            self._wandb_init.pop("anonymous", None)
         self._offline = is_offline
         self._user_name = name
         self._user_group = group

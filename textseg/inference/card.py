@@ -12,22 +12,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from textseg.engine.modelcard import render_model_card, run_facts
 from textseg.engine.runfiles import METRICS_FILE
 from textseg.errors import DataError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "find_metrics", "model_card", "plain", "read_config"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "find_metrics", "find_run", "model_card", "plain", "read_config"]
 
 #: ``config.json``'s ``format`` and ``format_version``.
 FORMAT = "textseg-segmenter"
 FORMAT_VERSION = 1
 #: Keys every ``config.json`` has.
 REQUIRED = ("format", "method", "hparams", "image_size")
-
-CITATIONS = """\
-* Li et al., "Semi-MedRef: Semi-Supervised Medical Referring Image Segmentation with Cross-Modal Alignment",
-  arXiv 2605.15720 (Semi-MedRef).
-* Zeng et al., "Exploring Text-enhanced Mixture-of-Experts for Semi-supervised Medical Image Segmentation with
-  Composite Data", MICCAI 2025 (TextMoE)."""
 
 
 def plain(value: Any) -> Any:
@@ -82,72 +77,35 @@ def find_metrics(checkpoint: Path) -> dict[str, float]:
     return {}
 
 
-def _metrics_table(metrics: Mapping[str, float]) -> str:
-    if not metrics:
-        return "No test metrics were recorded with this model (the run had no `textseg test`)."
-    rows = "\n".join(f"| `{k}` | {v:.4f} |" for k, v in sorted(metrics.items()))
-    return "Test metrics of the training run (`test_metrics.json`):\n\n| metric | value |\n|---|---|\n" + rows
+#: Facts of the training run kept in ``config.json``'s ``run`` entry (the rest is in its other entries).
+RUN_KEYS = ("data", "split_sha256", "versions", "trainer", "hardware", "train_seconds", "budget")
+
+
+def find_run(checkpoint: Path) -> dict[str, Any]:
+    """The facts of the run that wrote ``checkpoint`` (its ``run_card.json`` beside it or in the run folder).
+
+    Returns:
+        The :data:`RUN_KEYS` entries of :func:`textseg.engine.modelcard.run_facts`; empty without a run card.
+    """
+    for folder in (checkpoint.parent, checkpoint.parent.parent):
+        facts = run_facts(folder)
+        if facts:
+            return {k: plain(facts[k]) for k in RUN_KEYS if k in facts}
+    return {}
 
 
 def model_card(config: Mapping[str, Any]) -> str:
-    """The ``README.md`` model card of a saved model (Hugging Face front matter, then Markdown).
+    """The ``README.md`` model card of a saved model: the run's ``model_card.md`` (:mod:`textseg.engine.modelcard`).
 
     Args:
-        config: The model's ``config.json`` content.
+        config: The model's ``config.json`` content; its ``run`` entry (the facts of the training run, when the model
+            came from a run folder) fills the training and data sections.
 
     Returns:
         The card's text.
     """
-    hp = config["hparams"]
-    method = config["method"]
-    dataset = config.get("dataset") or "unknown"
-    return f"""---
-library_name: textseg
-tags:
-- medical-imaging
-- image-segmentation
-- referring-segmentation
-- textseg
----
-
-# textseg {method} ({hp.get("backbone", "?")})
-
-A text-guided medical image segmentation model trained with textseg (`{method}`): given a
-chest X-ray or CT slice and a referring text ("Bilateral pulmonary infection, two infected areas, middle left lung
-and lower right lung."), it predicts the binary mask of the lesion the text describes.
-
-| | |
-|---|---|
-| method | `{method}` (evaluated network: {config.get("evaluated", "student")}) |
-| backbone | `{hp.get("backbone", "?")}` |
-| vision encoder | `{hp.get("vision_encoder", "?")}` |
-| text encoder | `{hp.get("text_encoder", "?")}` (frozen, max {hp.get("max_length", "?")} tokens) |
-| input size | {config["image_size"]} x {config["image_size"]} (grey, per-image z-score) |
-| training data | `{dataset}` |
-| textseg version | {config.get("textseg_version", "?")} |
-
-## Use
-
-```python
-from textseg import Segmenter
-
-seg = Segmenter.from_pretrained("path/or/hub-id")
-mask = seg.predict("image.png", "Bilateral pulmonary infection, lower left lung.")
-```
-
-or `textseg segment image.png --text "..." --model path/or/hub-id --out masks/`.
-
-## Evaluation
-
-{_metrics_table(config.get("metrics") or {})}
-
-## Intended use and limitations
-
-Research only. This model is **not a medical device and not for clinical use**: it has not been validated for
-diagnosis or treatment decisions. It was trained on the data named above and may fail on other scanners, populations,
-modalities or on texts unlike its training texts; the text changes the output, so a wrong text gives a wrong mask.
-
-## Citation
-
-{CITATIONS}
-"""
+    facts = {**(config.get("run") or {})}
+    for key in ("method", "hparams", "image_size", "evaluated", "dataset", "metrics"):
+        if config.get(key) is not None:
+            facts[key] = config[key]
+    return render_model_card(facts)

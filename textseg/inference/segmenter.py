@@ -186,6 +186,7 @@ class Segmenter:
         config = _config(module, dict(checkpoint["hyper_parameters"]), evaluated, data.get("image_size"), modality)
         config["dataset"] = card.plain(data.get("dataset"))
         config["metrics"] = card.find_metrics(path)
+        config["run"] = card.find_run(path)
         return module, config
 
     @staticmethod
