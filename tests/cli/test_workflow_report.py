@@ -220,3 +220,45 @@ def test_report_of_runs_before_hd95(tmp_path: Path) -> None:
     assert "HD95" not in text
     (row,) = csv.DictReader(open(tmp_path / "out" / "results.csv"))
     assert float(row["dice_mean"]) == pytest.approx(0.7) and row["hd95_mean"] == ""
+
+
+def test_report_never_merges_runs_with_other_settings(tmp_path: Path) -> None:
+    """A 2-batch smoke run beside the real run (same seed, other trainer limits) gets its own row; both are kept."""
+    root = tmp_path / "runs"
+    data = {"dataset": "qata", "root": "/data/q", "labeled_ratio": 0.25, "seed": 42, "image_size": 224}
+    real = {"trainer": {"max_epochs": 100, "limit_train_batches": None, "enable_progress_bar": True}}
+    smoke = {"trainer": {"max_epochs": 1, "limit_train_batches": 2, "enable_progress_bar": False}}
+    write_run(root / "real", "SemiMedRefModule", semimedref(42), (0.80, 0.7, 0.8, 0.7, 5.0), data=data, config=real)
+    write_run(root / "smoke", "SemiMedRefModule", semimedref(42), (0.10, 0.1, 0.1, 0.1, 50.0), data=data, config=smoke)
+    # another data setting (image size) splits rows too; loading settings (num_workers) do not
+    write_run(
+        root / "big",
+        "SemiMedRefModule",
+        semimedref(43),
+        (0.85, 0.75, 0.85, 0.75, 4.0),
+        data={**data, "seed": 43, "image_size": 448, "num_workers": 8},
+        config=real,
+    )
+    cells, warnings = aggregate([r for f in sorted(root.rglob("test_metrics.json")) for r in load_run(f)])
+    assert warnings == []  # nothing replaced: the same seed in two rows is two experiments
+    by_variant = {c.variant: [r.metrics["dice"] for r in c.runs] for c in cells}
+    assert by_variant == {
+        "data.image_size=448, trainer.limit_train_batches=None, trainer.max_epochs=100": [0.85],
+        "data.image_size=224, trainer.limit_train_batches=None, trainer.max_epochs=100": [0.80],
+        "data.image_size=224, trainer.limit_train_batches=2, trainer.max_epochs=1": [0.10],
+    }
+
+
+def test_report_leaves_datasets_evaluated_nowhere_empty(tmp_path: Path) -> None:
+    """A composite run whose test split held no MosMed image has no MosMed cell (not a 0.00)."""
+    write_run(
+        tmp_path / "runs" / "t",
+        "TextMoEModule",
+        {"backbone": "textmoe"},
+        (0.81, 0.71, 0.82, 0.72, 6.0),
+        data={"dataset": ["qata", "mosmed"], "labeled_ratio": 0.25, "seed": 42},
+        postfix="_qata",
+        extra={f"test_{m}": 0.81 for m in METRIC_NAMES},
+    )
+    text, _ = write_report([tmp_path / "runs"], tmp_path / "report")
+    assert "QaTa-COV19 25%" in text and "MosMedData+" not in text and "0.00" not in text

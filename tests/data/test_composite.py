@@ -142,6 +142,9 @@ def test_grouped_metrics_split_by_dataset() -> None:
     with pytest.raises(ValueError, match="dataset"):
         metrics.update(preds, target, None)
     metrics.reset()
+    metrics.update(preds[:2], target[:2], ["qata", "qata"])  # a split without MosMed images: evaluated nowhere
+    values = {k: float(v) for k, v in metrics.compute().items()}
+    assert "val_dice_mosmed" not in values and values["val_dice_qata"] == 1.0 == values["val_dice"]
     assert GroupedSegMetrics("val_").groups is not None
 
 

@@ -1,17 +1,13 @@
 """``textseg report``: gather ``test_metrics.json`` files into the papers' result tables (Markdown, CSV, plot).
 
-Every run directory written by ``textseg fit --test_after_fit true`` (or ``textseg test``) holds a
-``test_metrics.json`` (``{"method", "hparams", "data", "metrics"}``, written by
-:meth:`~textseg.methods.base.TextSegModule.on_test_epoch_end`); the dataset, label ratio and seed come from its
-``data`` entry, else from the run's ``split.json``, else from its ``config.yaml``.
-
-The tables follow the layout of the Semi-MedRef and TextMoE papers: one row per method (+ backbone, + the
-hyper-parameters that distinguish runs of the same cell, e.g. ablation switches), one column per dataset x label
+The runs are read by :mod:`textseg.cli.runs` (one :class:`~textseg.cli.runs.RunResult` per run and dataset). The
+tables follow the layout of the Semi-MedRef and TextMoE papers: one row per method (+ backbone, + every setting that
+distinguishes runs of the same cell: ablation switches, epochs, batch limits...), one column per dataset x label
 ratio, each cell the mean ± sample standard deviation over seeds of pooled Dice / IoU (the papers' convention) and,
 in a second table, of LViT's per-image Dice / IoU (``docs/data.md`` §10.3), in percent, with the number of seeds; a
 third gives HD95 in pixels, lower is better (§10.4; ``n/a`` for runs tested before it existed). A run trained on
-composite data (TextMoE: QaTa + MosMed) contributes one cell per dataset from its per-dataset metrics
-(``test_dice_qata``, ``test_hd95_qata``, ...).
+composite data (TextMoE: QaTa + MosMed) contributes one cell per dataset its test split held; a dataset evaluated
+nowhere leaves its cell empty.
 
 Outputs in ``--out``: ``report.md``, ``results.csv`` (one row per cell, values in [0, 1], HD95 in pixels), ``runs.csv``
 (one row per run) and ``dice_vs_ratio.png`` (pooled Dice against the label ratio: a panel per dataset, a line per row).
@@ -25,13 +21,12 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from textseg.cli.runs import METRICS, OPTIONAL_METRICS, SEED_KEYS, RunResult, find_metric_files, load_run
 from textseg.engine.runfiles import METRICS_FILE
 from textseg.errors import DataError
 
@@ -49,12 +44,6 @@ __all__ = [
     "write_report",
 ]
 
-#: Metrics of a cell, as named in ``test_metrics.json`` without the ``test_`` prefix.
-METRICS: tuple[str, ...] = ("dice", "iou", "dice_per_image", "iou_per_image", "hd95")
-#: Metrics that older ``test_metrics.json`` files lack (read as NaN, shown empty); the others are required.
-OPTIONAL_METRICS: frozenset[str] = frozenset({"hd95"})
-#: Model hyper-parameters that are seeds (never a row distinction).
-SEED_KEYS: frozenset[str] = frozenset({"seed", "aug_seed"})
 #: Display names of datasets (others are shown as they are).
 DATASET_TITLES: dict[str, str] = {"qata": "QaTa-COV19", "mosmed": "MosMedData+"}
 #: Column order of datasets (others follow alphabetically).
@@ -71,36 +60,6 @@ METRIC_LABELS: dict[str, str] = {
 PERCENT = 100.0
 #: Displayed scale and unit of each metric: overlaps in percent, HD95 in pixels as computed.
 METRIC_SCALE: dict[str, tuple[float, str]] = {m: (1.0, "px") if m == "hd95" else (PERCENT, "%") for m in METRICS}
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """One test result of one run on one dataset.
-
-    Attributes:
-        path: The ``test_metrics.json`` file.
-        method: Method (class name without ``Module``).
-        backbone: Backbone (``"?"`` when unknown).
-        dataset: Dataset the metrics are on.
-        trained_on: Training data (``"qata+mosmed"`` for composite runs, else the dataset).
-        labeled_ratio: Label ratio.
-        seed: Data seed (``None`` when unknown).
-        hparams: Model hyper-parameters (LightningCLI's private keys removed).
-        metrics: ``dice``, ``iou``, ``dice_per_image``, ``iou_per_image`` in [0, 1]; ``hd95`` in pixels (NaN when
-            the run predates it).
-        mtime: Modification time of the file (the newest run wins when a seed repeats).
-    """
-
-    path: Path
-    method: str
-    backbone: str
-    dataset: str
-    trained_on: str
-    labeled_ratio: float
-    seed: int | None
-    hparams: dict[str, Any]
-    metrics: dict[str, float]
-    mtime: float
 
 
 @dataclass
@@ -142,122 +101,6 @@ class Cell:
         return statistics.stdev(values) if len(values) > 1 and not any(map(math.isnan, values)) else math.nan
 
 
-# ------------------------------------------------------------------------------------------------------ reading
-
-
-def find_metric_files(dirs: Iterable[str | Path]) -> list[Path]:
-    """All ``test_metrics.json`` files under the given folders (or the files themselves), sorted.
-
-    Raises:
-        DataError: If a folder does not exist.
-    """
-    found: set[Path] = set()
-    for entry in dirs:
-        path = Path(entry).expanduser()
-        if path.is_file():
-            found.add(path)
-        elif path.is_dir():
-            found.update(path.rglob(METRICS_FILE))
-        else:
-            raise DataError(f"runs folder {path} does not exist")
-    return sorted(found)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} is not readable JSON: {exc}") from exc
-
-
-def _data_facts(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Dataset, label ratio and seed of a run: the record's ``data``, else ``split.json``, else ``config.yaml``."""
-    keys = ("dataset", "labeled_ratio", "seed")
-    facts: dict[str, Any] = {}
-    data = record.get("data")
-    if isinstance(data, Mapping):
-        facts.update({k: data[k] for k in keys if data.get(k) is not None})
-    split_path = path.parent / "split.json"
-    if len(facts) < len(keys) and split_path.is_file():
-        split = _read_json(split_path)
-        if isinstance(split, Mapping):
-            for k in keys:
-                if k not in facts and split.get(k) is not None:
-                    facts[k] = split[k]
-    config_path = path.parent / "config.yaml"
-    if len(facts) < len(keys) and config_path.is_file():
-        try:
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise DataError(f"{config_path} is not readable YAML: {exc}") from exc
-        data_cfg = config.get("data") if isinstance(config, Mapping) else None
-        if isinstance(data_cfg, Mapping):
-            for k in keys:
-                if k not in facts and data_cfg.get(k) is not None:
-                    facts[k] = data_cfg[k]
-    return facts
-
-
-def _method_name(name: str) -> str:
-    return name[: -len("Module")] if name.endswith("Module") and len(name) > len("Module") else name
-
-
-def load_run(path: str | Path) -> list[RunResult]:
-    """Read one ``test_metrics.json`` (one result per dataset; several for composite training data).
-
-    Args:
-        path: The file.
-
-    Returns:
-        The results.
-
-    Raises:
-        DataError: Naming the file if it is unreadable, lacks a required metric (all but :data:`OPTIONAL_METRICS`),
-            or its label ratio cannot be found.
-    """
-    path = Path(path)
-    record = _read_json(path)
-    if not isinstance(record, Mapping) or not isinstance(record.get("metrics"), Mapping):
-        raise DataError(f"{path}: expected an object with 'method', 'hparams' and 'metrics'")
-    hparams = {k: v for k, v in dict(record.get("hparams") or {}).items() if not str(k).startswith("_")}
-    metrics: Mapping[str, Any] = record["metrics"]
-    facts = _data_facts(path, record)
-    if "labeled_ratio" not in facts:
-        raise DataError(f"{path}: no labeled_ratio in its 'data', split.json or config.yaml")
-    dataset = facts.get("dataset", "?")
-    names = [str(d) for d in dataset] if isinstance(dataset, (list, tuple)) else [str(dataset)]
-    trained_on = "+".join(names)
-    grouped = len(names) > 1 and all(f"test_dice_{n}" in metrics for n in names)
-    targets = [(n, f"_{n}") for n in names] if grouped else [(trained_on, "")]
-    seed = facts.get("seed")
-    results = []
-    for name, postfix in targets:
-        values: dict[str, float] = {}
-        for metric in METRICS:
-            key = f"test_{metric}{postfix}"
-            if key in metrics:
-                values[metric] = float(metrics[key])
-            elif metric in OPTIONAL_METRICS:
-                values[metric] = math.nan
-            else:
-                raise DataError(f"{path}: metric {key!r} missing (found {sorted(metrics)})")
-        results.append(
-            RunResult(
-                path=path,
-                method=_method_name(str(record.get("method", "?"))),
-                backbone=str(hparams.get("backbone", "?")),
-                dataset=name,
-                trained_on=trained_on,
-                labeled_ratio=float(facts["labeled_ratio"]),
-                seed=int(seed) if seed is not None else None,
-                hparams=hparams,
-                metrics=values,
-                mtime=path.stat().st_mtime,
-            )
-        )
-    return results
-
-
 # -------------------------------------------------------------------------------------------------- aggregation
 
 
@@ -272,10 +115,11 @@ def _short(value: Any) -> str:
 def aggregate(results: Sequence[RunResult]) -> tuple[list[Cell], list[str]]:
     """Group results into table cells.
 
-    Rows are (method, backbone, training data, variant). The variant lists the model hyper-parameters (seeds
-    excluded) whose values differ between runs of the same method, backbone, training data, dataset and label ratio,
-    so ablation runs get their own rows while settings that only change with the ratio (e.g. ``lambda_u=0`` at 100 %)
-    do not split a row. A seed seen twice in a cell keeps the newest run (a warning says which).
+    Rows are (method, backbone, training data, variant). The variant lists the settings (:attr:`RunResult.settings`:
+    model, data and trainer; seeds excluded) whose values differ between runs of the same method, backbone, training
+    data, dataset and label ratio, so ablation runs, and a 2-batch smoke run beside the real one, get their own rows,
+    while settings that only change with the ratio (e.g. ``lambda_u=0`` at 100 %) do not split a row. Runs are merged
+    only when every setting agrees; a seed seen twice among them keeps the newest run (a warning says which).
 
     Args:
         results: The runs.
@@ -294,10 +138,11 @@ def aggregate(results: Sequence[RunResult]) -> tuple[list[Cell], list[str]]:
             by_cell[(r.dataset, r.labeled_ratio)].append(r)
         vary: set[str] = set()
         for members in by_cell.values():
-            keys = {k for r in members for k in r.hparams} - SEED_KEYS
-            vary.update(k for k in keys if len({_canon(r.hparams.get(k)) for r in members}) > 1)
+            keys = {k for r in members for k in r.settings} - SEED_KEYS
+            # a setting a run does not record is unknown, not different
+            vary.update(k for k in keys if len({_canon(r.settings[k]) for r in members if k in r.settings}) > 1)
         for r in sorted(runs, key=lambda x: x.mtime):
-            variant = ", ".join(f"{k}={_short(r.hparams.get(k))}" for k in sorted(vary))
+            variant = ", ".join(f"{k}={_short(r.settings[k])}" for k in sorted(vary) if k in r.settings)
             row = f"{method} ({backbone})"
             if variant:
                 row += f" [{variant}]"

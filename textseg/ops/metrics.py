@@ -33,6 +33,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
+from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
 #: LViT's smoothing constant in the per-image Dice denominator.
@@ -208,7 +209,9 @@ class GroupedSegMetrics(nn.Module):
 
     ``compute()`` returns ``{prefix}dice``, ... over all images and ``{prefix}dice_{group}``, ... per group (e.g.
     ``val_dice_qata``, ``val_dice_mosmed``). Every group is computed on every rank in the same order, so the values
-    are synchronised under DDP; a group without images reports 0 (the pooled metrics' ``zero_division``).
+    are synchronised under DDP. A group without images in the whole split (summed over ranks) is evaluated nowhere:
+    its keys are left out of ``compute()``, so that no 0 stands for "not measured" in logs, ``test_metrics.json`` and
+    ``textseg report``.
 
     Args:
         prefix: Name prefix, e.g. ``"val_"``.
@@ -219,6 +222,7 @@ class GroupedSegMetrics(nn.Module):
         super().__init__()
         self.overall = segmentation_metrics(prefix)
         self.groups = nn.ModuleDict({g: segmentation_metrics(prefix, postfix=f"_{g}") for g in groups})
+        self.counts = nn.ModuleDict({g: SumMetric() for g in groups})  # images per group, summed over ranks
 
     def update(self, preds: Tensor, target: Tensor, group: Sequence[str] | None = None) -> None:
         """Accumulate binary ``preds`` and ``target`` ``[B, 1, H, W]``; ``group`` names each sample's dataset."""
@@ -229,14 +233,17 @@ class GroupedSegMetrics(nn.Module):
             raise ValueError("per-dataset metrics need the batch's 'dataset' names, one per sample")
         for name, metrics in self.groups.items():
             index = [i for i, g in enumerate(group) if g == name]
+            cast(SumMetric, self.counts[name]).update(float(len(index)))  # 0 too: every group counts every batch
             if index:
                 cast(MetricCollection, metrics).update(preds[index], target[index])
 
     def compute(self) -> dict[str, Tensor]:
         """Return the overall and per-group values in one flat dict."""
         values = dict(self.overall.compute())
-        for metrics in self.groups.values():
-            values.update(cast(MetricCollection, metrics).compute())
+        for name, metrics in self.groups.items():
+            # every rank computes the same synced count, so every rank leaves out the same groups
+            if float(cast(SumMetric, self.counts[name]).compute()) > 0:
+                values.update(cast(MetricCollection, metrics).compute())
         return values
 
     def reset(self) -> None:
@@ -244,3 +251,5 @@ class GroupedSegMetrics(nn.Module):
         self.overall.reset()
         for metrics in self.groups.values():
             cast(MetricCollection, metrics).reset()
+        for count in self.counts.values():
+            cast(SumMetric, count).reset()
