@@ -17,7 +17,7 @@ from fakedata import write_png
 from PIL import Image
 from tinyrun import tiny_args
 
-from textseg.cli.grid import build_runs, expand_grid, load_sweep
+from textseg.cli.grid import build_runs, expand_grid, load_sweep, parse_overrides
 from textseg.cli.main import main
 from textseg.data.datamodule import TextSegDataModule
 from textseg.engine.overlays import render_overlay
@@ -251,7 +251,6 @@ def test_grid_in_process_then_report(tmp_path: Path, capsys: pytest.CaptureFixtu
             "${program}", "fit",
             "--config", str(CONFIGS / "demo_supervised.yaml"),
             "--config", str(CONFIGS / "logger" / "wandb.yaml"),
-            f"--data.root={tmp_path / 'synthetic'}",
             *TINY,
             "--trainer.limit_val_batches=1",
             "--test_after_fit=true",
@@ -261,12 +260,14 @@ def test_grid_in_process_then_report(tmp_path: Path, capsys: pytest.CaptureFixtu
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     out = tmp_path / "grid"
-    main(["grid", str(path), "--in-process", "--no-wandb", "--out", str(out)])
+    root = tmp_path / "synthetic"
+    main(["grid", str(path), "--in-process", "--no-wandb", "--out", str(out), "--data.root", str(root)])
     printed = capsys.readouterr().out
     assert "2 combinations, 2 started (2 ok, 0 failed)" in printed
     for seed in (1, 2):
         run_dir = out / f"seed={seed}_loss=dice_ce"
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["data"]["root"] == str(root)  # the override reached every run
         assert config["seed_everything"] == seed and config["data"]["seed"] == seed and config["seed"] == seed
         assert json.loads((run_dir / "split.json").read_text())["seed"] == seed
         assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "test_metrics.json").is_file()
@@ -316,6 +317,18 @@ def test_grid_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         main(["grid", str(missing), "--out", str(tmp_path / "o")])
     assert "config files named by the sweep command not found: nope.yaml" in capsys.readouterr().out
+    assert parse_overrides(["--data.root", "/d", "--trainer.devices=4"], ["seed"]) == [
+        "--data.root=/d",
+        "--trainer.devices=4",
+    ]
+    for tokens, message in (
+        (["--seed", "3"], "--seed is a parameter of the sweep"),
+        (["--run_dir", "x"], "--run_dir cannot be overridden"),
+        (["--data.root"], "override --data.root has no value"),
+        (["stray"], "unexpected argument 'stray'"),
+    ):
+        with pytest.raises(DataError, match=message):
+            parse_overrides(tokens, ["seed"])
 
 
 def test_cli_loggers_and_run_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,10 @@ slowest) and runs each command sequentially, every combination in its own run di
 ``<out>/<param=value_...>/`` (passed as ``--run_dir``), so that ``textseg report <out>`` tabulates the results.
 A combination whose run directory already holds ``test_metrics.json`` is skipped (``--force`` reruns it).
 
+Any other option of ``textseg grid`` given as ``--section.key value`` or ``--section.key=value`` (e.g.
+``--data.root /data/QaTa-COV19 --trainer.devices 4``) is appended to every run's command, after the sweep's own
+arguments, so a sweep over real data needs no edit of a tracked YAML; an override of a swept parameter is an error.
+
 Macros: ``${program}`` (``textseg`` runs as ``python -m textseg``), ``${args}`` (``--key=value`` per parameter),
 ``${args_no_hyphens}`` (``key=value``), ``${interpreter}`` (this Python) and ``${env}`` (nothing).
 """
@@ -30,7 +34,7 @@ import yaml
 
 from textseg.errors import DataError
 
-__all__ = ["GridRun", "build_runs", "expand_grid", "format_value", "load_sweep", "main", "run_grid"]
+__all__ = ["GridRun", "build_runs", "expand_grid", "format_value", "load_sweep", "main", "parse_overrides", "run_grid"]
 
 #: W&B's default sweep command.
 DEFAULT_COMMAND: tuple[str, ...] = ("${env}", "${interpreter}", "${program}", "${args}")
@@ -184,8 +188,45 @@ def _expand_command(
     return kept
 
 
+def parse_overrides(tokens: Sequence[str], swept: Sequence[str]) -> list[str]:
+    """Check the extra ``--section.key value`` options of ``textseg grid`` and return them as ``--key=value`` tokens.
+
+    Args:
+        tokens: The options ``textseg grid`` does not know itself.
+        swept: The sweep's parameter names.
+
+    Raises:
+        DataError: For a token that is not an option, an option without a value, ``--run_dir`` (each combination has
+            its own) or an option the sweep varies.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = str(tokens[i])
+        if not token.startswith("--") or token == "--":
+            raise DataError(f"unexpected argument {token!r}: overrides are --section.key value (e.g. --data.root DIR)")
+        if "=" in token:
+            key, value = token[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(tokens) and not str(tokens[i + 1]).startswith("--"):
+            key, value = token[2:], str(tokens[i + 1])
+            i += 2
+        else:
+            raise DataError(f"override {token} has no value (write {token} VALUE or {token}=VALUE)")
+        if key == "run_dir":
+            raise DataError("--run_dir cannot be overridden: every combination writes its own (use --out for the root)")
+        if key in swept:
+            raise DataError(f"--{key} is a parameter of the sweep; edit its values in the sweep file instead")
+        out.append(f"--{key}={value}")
+    return out
+
+
 def build_runs(
-    sweep: Mapping[str, Any], out_dir: str | Path, keep_wandb: bool = True, source: str = "sweep"
+    sweep: Mapping[str, Any],
+    out_dir: str | Path,
+    keep_wandb: bool = True,
+    source: str = "sweep",
+    overrides: Sequence[str] = (),
 ) -> list[GridRun]:
     """Expand a sweep into runs, each with its own run directory and command.
 
@@ -195,6 +236,7 @@ def build_runs(
         keep_wandb: Keep ``--config .../logger/wandb.yaml`` in the commands (W&B runs offline without an API key);
             ``False`` drops it.
         source: Name of the sweep for error messages.
+        overrides: ``--key=value`` options appended to every command (:func:`parse_overrides`).
 
     Returns:
         The runs, in grid order.
@@ -205,7 +247,7 @@ def build_runs(
     for index, params in enumerate(expand_grid(sweep, source)):
         tag = _tag(params)
         run_dir = Path(out_dir) / tag
-        command = _expand_command(template, program, params, keep_wandb, source)
+        command = _expand_command(template, program, params, keep_wandb, source) + list(overrides)
         if program == "textseg":
             command.append(f"--run_dir={run_dir}")
         runs.append(GridRun(index, dict(params), tag, run_dir, command))
@@ -313,7 +355,7 @@ def _execute(command: Sequence[str], in_process: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``textseg grid SWEEP.yaml [--dry-run] [--max-runs N] [--out DIR] [--force] [--in-process] [--no-wandb]``.
+    """Run ``textseg grid SWEEP.yaml [options] [--section.key VALUE ...]`` (options: see ``--help``).
 
     Args:
         argv: Arguments after ``grid``.
@@ -331,14 +373,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rerun combinations that already have test_metrics.json")
     parser.add_argument("--in-process", action="store_true", help="run in this process instead of subprocesses")
     parser.add_argument("--no-wandb", action="store_true", help="drop --config .../logger/wandb.yaml from commands")
-    args = parser.parse_args(None if argv is None else list(argv))
+    parser.epilog = "Other --section.key VALUE options (e.g. --data.root DIR) are passed to every run."
+    args, extra = parser.parse_known_args(None if argv is None else list(argv))
     if args.max_runs is not None and args.max_runs < 1:
         parser.error("--max-runs must be >= 1")
     try:
         sweep = load_sweep(args.sweep)
         name = str(sweep.get("name") or Path(args.sweep).stem)
         out = Path(args.out) if args.out else Path("runs") / "grid" / name
-        runs = build_runs(sweep, out, keep_wandb=not args.no_wandb, source=args.sweep)
+        overrides = parse_overrides(extra, list(sweep.get("parameters") or {}))
+        runs = build_runs(sweep, out, keep_wandb=not args.no_wandb, source=args.sweep, overrides=overrides)
         return run_grid(runs, args.dry_run, args.max_runs, args.force, args.in_process, out / SUMMARY_FILE)
     except DataError as exc:
         print(f"textseg grid: {exc}")
