@@ -387,6 +387,23 @@ class TextEncoder(nn.Module):
         pooled = (layers * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
         return tokens, mask, pooled
 
+    def encode_ids(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
+        """Encode already tokenised texts: the tensor-only path that ONNX / TorchScript exports trace.
+
+        No cache and no Python-side work on the values, so a trace records the whole encoder. The features equal
+        those of :meth:`forward` on the texts that :meth:`tokenize` turned into these tensors (``token_type_ids``
+        are all zeros for one sentence, which is BERT's default when they are not given).
+
+        Args:
+            input_ids: ``[B, max_length]`` token ids (``int64``), as :meth:`tokenize` returns them.
+            attention_mask: ``[B, max_length]`` 1 for real tokens, 0 for padding.
+
+        Returns:
+            :class:`TextFeatures` as :meth:`forward`.
+        """
+        tokens, mask, pooled = self._encode({"input_ids": input_ids, "attention_mask": attention_mask})
+        return TextFeatures(tokens=tokens, mask=mask, pooled=pooled)
+
     def forward(self, texts: Sequence[str]) -> TextFeatures:
         """Encode a batch of referring texts.
 
