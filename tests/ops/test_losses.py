@@ -93,7 +93,7 @@ def test_position_affinity_golden() -> None:
         ]
     )
     assert torch.equal(a, expected)
-    with pytest.raises(DataError):
+    with pytest.raises(RuntimeError, match=r"positional labels must lie in \[0, 1\]"):  # a device assert
         position_affinity(torch.tensor([[2, 0], [0, 1]]))
 
 

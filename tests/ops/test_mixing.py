@@ -102,7 +102,7 @@ def test_box_blocks_uniform_positions_and_rate() -> None:
 
 
 def test_box_blocks_bad_box_raises() -> None:
-    with pytest.raises(DataError, match="box"):
+    with pytest.raises(RuntimeError, match="a box is empty or outside the 32x32 image"):  # a device assert
         sample_box_blocks(torch.tensor([[0, 40, 0, 10]]), torch.tensor([True]), 16, 1.0, 32, 32, _gen(0))
     with pytest.raises(DataError, match="block"):
         sample_box_blocks(torch.tensor([[0, 4, 0, 4]]), torch.tensor([True]), 0, 1.0, 32, 32, _gen(0))

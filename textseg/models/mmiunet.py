@@ -39,6 +39,7 @@ from transformers import ConvNextModel
 
 from textseg.errors import DataError
 from textseg.models.types import SegOutput, TextFeatures
+from textseg.ops.asserts import assert_on_device
 
 __all__ = [
     "EfficientChannelAttention",
@@ -391,10 +392,7 @@ class MMIUNetCore(nn.Module):
         if mask.shape != tokens.shape[:2]:
             raise DataError(f"text.mask must be [B, L] = {tuple(tokens.shape[:2])}, got shape {tuple(mask.shape)}")
         valid = mask if mask.dtype == torch.bool else mask != 0
-        empty = ~valid.any(dim=1)
-        if bool(empty.any()):
-            rows = empty.nonzero().flatten().tolist()
-            raise DataError(f"text.mask has no real token in batch rows {rows}; attention would be undefined")
+        assert_on_device(valid.any(dim=1).all(), "text.mask has a batch row without a real token")
         return image, ~valid
 
     def forward(self, image: Tensor, text: TextFeatures) -> SegOutput:

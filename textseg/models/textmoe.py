@@ -43,6 +43,7 @@ from textseg.errors import DataError
 from textseg.models.encoders import CONVNEXT_STRIDE, vision_widths
 from textseg.models.layers import SinusoidalPositionalEncoding, SubpixelSegHead, repeat_to_channels
 from textseg.models.types import SegOutput, TextFeatures
+from textseg.ops.asserts import assert_on_device
 
 __all__ = ["MoEDecoderBlock", "MoELayer", "TextMoECore"]
 
@@ -131,7 +132,9 @@ class MoELayer(nn.Module):
         Returns:
             ``[B, E]`` weights, each row summing to 1.
         """
-        indicator = F.one_hot(modality.long(), self.num_modalities).to(x.dtype)
+        # one-hot by comparison: F.one_hot reads min/max back to the host to check the values (2 syncs per call)
+        codes = torch.arange(self.num_modalities, device=modality.device)
+        indicator = (modality.long()[:, None] == codes).to(x.dtype)
         return torch.softmax(self.gate(torch.cat([x.mean(dim=(2, 3)), indicator], dim=1)), dim=1)
 
     def _tmoe_experts(self, x: Tensor, tokens: Tensor, padding_mask: Tensor | None) -> list[Tensor]:
@@ -321,12 +324,8 @@ class TextMoECore(nn.Module):
                 f"TextMoECore: modality must be an integer tensor of shape [{batch}], got dtype {modality.dtype} "
                 f"and shape {tuple(modality.shape)}"
             )
-        bad = (modality < 0) | (modality >= self.num_modalities)
-        if bool(bad.any()):
-            raise DataError(
-                f"TextMoECore: modality value(s) {modality[bad].unique().tolist()} out of range "
-                f"[0, {self.num_modalities}) (0 = X-ray/QaTa, 1 = CT/MosMed)"
-            )
+        ok = ((modality >= 0) & (modality < self.num_modalities)).all()
+        assert_on_device(ok, f"TextMoECore: a modality is out of range [0, {self.num_modalities}) (0 = X-ray, 1 = CT)")
         return image, modality.long()
 
     def _padding_mask(self, text: TextFeatures) -> Tensor | None:
@@ -334,10 +333,7 @@ class TextMoECore(nn.Module):
         if not self.use_padding_mask or self.expert != "tmoe":
             return None
         valid = text.mask if text.mask.dtype == torch.bool else text.mask != 0
-        empty = ~valid.any(dim=1)
-        if bool(empty.any()):
-            rows = empty.nonzero().flatten().tolist()
-            raise DataError(f"TextMoECore: text mask has no real token in batch rows {rows}")
+        assert_on_device(valid.any(dim=1).all(), "TextMoECore: text mask has a batch row without a real token")
         return ~valid
 
     def forward(self, image: Tensor, text: TextFeatures, modality: Tensor | None = None) -> SegOutput:

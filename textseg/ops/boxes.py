@@ -22,6 +22,7 @@ from torch import Tensor
 
 from textseg.errors import DataError
 from textseg.ops import text_aug
+from textseg.ops.asserts import assert_on_device
 
 #: Horizontal halves, image sides in display orientation (``docs/data.md`` Sec. 9).
 SIDES: tuple[str, str] = ("left", "right")
@@ -233,11 +234,7 @@ def sample_box_blocks(
     ok = allowed.to(device=boxes.device, dtype=torch.bool)
     r0, r1, c0, c1 = b.unbind(1)
     bad = ok & ((r0 < 0) | (r1 > height) | (r0 >= r1) | (c0 < 0) | (c1 > width) | (c0 >= c1))
-    if bool(bad.any()):
-        idx = int(torch.nonzero(bad)[0, 0])
-        raise DataError(
-            f"sample_box_blocks: box {b[idx].tolist()} of sample {idx} is empty or outside the {height}x{width} image"
-        )
+    assert_on_device(~bad.any(), f"sample_box_blocks: a box is empty or outside the {height}x{width} image")
     dev = boxes.device if device is None else torch.device(device)
     u = _uniform(3 * n, generator, dev).view(3, n)
     r0, r1, c0, c1, ok = r0.to(dev), r1.to(dev), c0.to(dev), c1.to(dev), ok.to(dev)

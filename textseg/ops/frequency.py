@@ -302,8 +302,8 @@ def frequency_exchange(
         partner = sample_partners(modality, exchangeable, generator)
         if float(beta) == 0.0:  # empty band: nothing is written into any sample
             partner = torch.full_like(partner, -1)
-    exchanged = partner >= 0
-    if not bool(exchanged.any()):
+    exchanged = partner >= 0  # decided on the device: no early exit that would read it back to the host
+    if n == 0:  # a shape, known on the host
         return ExchangeResult(image=images.clone(), partner=partner, exchanged=exchanged)
 
     dims = (-2, -1)
@@ -317,12 +317,10 @@ def frequency_exchange(
             out = torch.fft.ifft2(mixed, dim=dims).real
             image = torch.where(exchanged[:, None, None, None], out.to(images.dtype), images)
         else:
-            # Partners are themselves exchanged (the relation is symmetric), so only that subset is transformed.
-            sel = torch.nonzero(exchanged).flatten()
-            slot = torch.full((n,), -1, dtype=torch.long, device=device)
-            slot[sel] = torch.arange(sel.numel(), device=device)
-            spec = torch.fft.fftshift(torch.fft.fft2(x[sel], dim=dims), dim=dims)
-            spec_p = spec[slot[partner[sel]]]
+            # The whole batch is transformed and the exchanged samples picked with a mask: selecting the subset
+            # first (nonzero) would read the flags back to the host. Per-sample FFTs do not depend on the batch.
+            spec = torch.fft.fftshift(torch.fft.fft2(x, dim=dims), dim=dims)
+            spec_p = spec[partner.clamp_min(0)]
             band = low_band_mask(height, width, beta, device)
             if mode == "amplitude":
                 amp = torch.where(band, spec_p.abs(), spec.abs())
@@ -330,6 +328,5 @@ def frequency_exchange(
             else:
                 mixed = torch.where(band, spec_p, spec)
             out = torch.fft.ifft2(torch.fft.ifftshift(mixed, dim=dims), dim=dims).real
-            image = images.clone()
-            image[sel] = out.to(images.dtype)
+            image = torch.where(exchanged[:, None, None, None], out.to(images.dtype), images)
     return ExchangeResult(image=image, partner=partner, exchanged=exchanged)

@@ -24,6 +24,7 @@ from monai.losses import DiceCELoss, DiceLoss
 from torch import Tensor, nn
 
 from textseg.errors import DataError
+from textseg.ops.asserts import assert_on_device
 
 __all__ = ["SegLoss", "build_seg_loss", "clip_loss", "differential_loss", "itcl_loss", "position_affinity"]
 
@@ -119,8 +120,8 @@ def position_affinity(positions: Tensor) -> Tensor:
     if positions.dim() != 2:
         raise DataError(f"position_affinity: positions must have shape [B, K], got {tuple(positions.shape)}")
     q = positions.to(_loss_dtype(positions))
-    if q.numel() and bool(((q < 0) | (q > 1) | torch.isnan(q)).any()):
-        raise DataError("position_affinity: positional labels must lie in [0, 1]")
+    if q.numel():
+        assert_on_device(((q >= 0) & (q <= 1)).all(), "position_affinity: positional labels must lie in [0, 1]")
     inter = torch.minimum(q[:, None, :], q[None, :, :]).sum(-1)
     union = torch.maximum(q[:, None, :], q[None, :, :]).sum(-1)
     union = torch.where(union > 0, union, torch.ones_like(union))

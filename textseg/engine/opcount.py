@@ -1,0 +1,130 @@
+"""Count the aten ops of one optimizer step of a real ``Trainer.fit``: all ops, kernel-launching ops, host syncs.
+
+A GPU step is bound by the host when it issues thousands of small kernels or waits for the device. Both are visible
+on a CPU, in the dispatcher: :class:`StepOpCounter` is a callback that records every aten op dispatched during one
+chosen training step -- ``training_step``, backward, the optimizer step, the EMA update and every callback of the
+step (from the callbacks' ``on_train_batch_start`` to the end of the module's ``on_train_batch_end``), but not the
+data loading -- and sorts them into:
+
+* **launching** ops: everything except views, ``empty*``, ``detach``, ``alias``, ``lift_fresh`` and
+  ``_local_scalar_dense`` (on a GPU each launching op is at least one kernel);
+* **sync-type** ops (:data:`SYNC_OPS`): ops whose result the host must wait for (``.item()``, ``bool(tensor)``,
+  ``nonzero``...). The host-side ``step`` scalars of torch's optimizers are not counted (they live on the CPU).
+
+``benchmarks/step_ops.py`` reports the counts for every method and backbone; ``tests/engine/test_opcount.py`` pins
+the sync-type count of each method's step.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ["NON_LAUNCHING", "SYNC_OPS", "OpCountingMode", "OpCounts", "StepOpCounter"]
+
+#: Ops whose result the host waits for.
+SYNC_OPS: frozenset[str] = frozenset(
+    {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select", "_unique", "_unique2", "unique_dim",
+     "unique_consecutive", "repeat_interleave", "item"}
+)  # fmt: skip
+#: Ops that launch no kernel (besides views).
+NON_LAUNCHING: frozenset[str] = frozenset(
+    {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "alias", "lift_fresh",
+     "lift_fresh_copy", "_local_scalar_dense", "set_", "resize_"}
+)  # fmt: skip
+
+
+@dataclass
+class OpCounts:
+    """Op counts of one step.
+
+    Attributes:
+        ops: Every aten op, by name.
+        launching: Kernel-launching ops, by name.
+        syncs: Sync-type ops, by name and where they were called (``file:line``).
+        optimizer_scalars: ``.item()`` calls on the optimizer's host-side ``step`` scalars (not syncs).
+    """
+
+    ops: Counter[str] = field(default_factory=Counter)
+    launching: Counter[str] = field(default_factory=Counter)
+    syncs: Counter[str] = field(default_factory=Counter)
+    optimizer_scalars: int = 0
+
+    def totals(self) -> dict[str, int]:
+        """``{"aten_ops", "launching_ops", "sync_ops"}``."""
+        return {
+            "aten_ops": sum(self.ops.values()),
+            "launching_ops": sum(self.launching.values()),
+            "sync_ops": sum(self.syncs.values()),
+        }
+
+
+def _caller() -> tuple[str, bool]:
+    """Where a sync-type op was called from (the innermost textseg or user frame) and whether torch.optim did."""
+    frames = [f for f in traceback.extract_stack()[:-3] if not f.filename.endswith("opcount.py")]
+    # Lightning runs training_step and backward inside optimizer.step(closure): only a sync whose innermost
+    # textseg-or-optimizer frame is torch.optim's own is an optimizer scalar
+    owners = [f for f in frames if "/torch/optim/" in f.filename or "/textseg/" in f.filename]
+    in_optim = bool(owners) and "/torch/optim/" in owners[-1].filename
+    ours = [f for f in frames if "/textseg/" in f.filename]
+    where = ours[-1] if ours else frames[-1]
+    return f"{where.filename.rsplit('/', 2)[-2]}/{where.filename.rsplit('/', 1)[-1]}:{where.lineno}", in_optim
+
+
+class OpCountingMode(TorchDispatchMode):
+    """A dispatch mode adding every aten op it sees to an :class:`OpCounts`."""
+
+    def __init__(self, counts: OpCounts) -> None:
+        super().__init__()
+        self.counts = counts
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        """Count ``func`` by kind, then run it."""
+        name = func._overloadpacket.__name__
+        self.counts.ops[name] += 1
+        if name in SYNC_OPS:
+            where, in_optim = _caller()
+            if in_optim and name == "_local_scalar_dense":
+                self.counts.optimizer_scalars += 1
+            else:
+                self.counts.syncs[f"{name} @ {where}"] += 1
+        if not (func.is_view or name in NON_LAUNCHING or name.startswith("empty")):
+            self.counts.launching[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class StepOpCounter(Callback):
+    """Count the ops of training step ``step`` (0-based batch index of the first epoch) of a real fit.
+
+    Args:
+        step: The batch whose step is counted (a later one than 0 avoids one-time initialisation).
+    """
+
+    def __init__(self, step: int = 1) -> None:
+        self.step = step
+        self.counts = OpCounts()
+        self._mode: OpCountingMode | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Wrap the module's ``on_train_batch_end`` so that counting ends after it (the EMA update included)."""
+        original = pl_module.on_train_batch_end
+
+        def end(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            if self._mode is not None:
+                self._mode.__exit__(None, None, None)
+                self._mode = None
+            return result
+
+        pl_module.on_train_batch_end = end  # type: ignore[method-assign]
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        """Start counting at the chosen batch of the first epoch."""
+        if trainer.current_epoch == 0 and batch_idx == self.step:
+            self._mode = OpCountingMode(self.counts)
+            self._mode.__enter__()
