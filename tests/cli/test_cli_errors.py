@@ -9,7 +9,8 @@ thing broken. Most cases run in-process (``textseg.cli.main.main``); two run thr
 console path. Two more tests check that a failing run leaves a good earlier run directory and a good prediction folder
 byte-identical.
 
-A case whose fix is missing can be marked as a strict expected failure with a reason starting with ``GAP`` (none is).
+A case whose fix is missing can be marked as a strict expected failure with a reason starting with ``GAP`` (one is:
+an empty test split under ``--test_after_fit`` is refused only after training until the CLI tells the DataModule).
 """
 
 from __future__ import annotations
@@ -269,6 +270,62 @@ def empty_caption(ctx: Ctx) -> Broken:
     return Broken(["empty text", mask_name[len("mask_") :]])
 
 
+def nan_text(ctx: Ctx) -> Broken:
+    path = _mosmed_csv(ctx.root, "train")
+    lines = path.read_text().splitlines()
+    name = lines[2].split(";")[0]
+    lines[2] = f"{name};nan"  # a missing value written out by pandas
+    path.write_text("\n".join(lines) + "\n")
+    return Broken(["empty text", "'nan'", name, f"{path.name}, line 3"])
+
+
+def punctuation_text(ctx: Ctx) -> Broken:
+    path = _mosmed_csv(ctx.root, "val")
+    lines = path.read_text().splitlines()
+    name = lines[1].split(";")[0]
+    lines[1] = f"{name};..."
+    path.write_text("\n".join(lines) + "\n")
+    return Broken(["empty text", "punctuation", name, f"{path.name}, line 2"])
+
+
+def zero_width_caption(ctx: Ctx) -> Broken:
+    mask_name = _set_caption(ctx.root, "test", 0, "\u200b\u200b\u200b")
+    return Broken(["empty text", "invisible", mask_name[len("mask_") :]])
+
+
+def _empty_mosmed_test(root: Path) -> None:
+    """Remove every test row of a MosMed tree (Kaggle layout) and its files: an empty test split."""
+    path = _mosmed_csv(root, "test")
+    header, *rows = path.read_text().splitlines()
+    for row in rows:
+        name = row.split(";")[0]
+        (root / "frames" / name).unlink()
+        (root / "masks" / name).unlink()
+    path.write_text(header + "\n")
+
+
+def empty_test_split(ctx: Ctx) -> Broken:
+    _empty_mosmed_test(ctx.root)
+    return Broken(["the test split of the mosmed dataset", str(ctx.root), "is empty"])
+
+
+def empty_test_split_after_fit(ctx: Ctx) -> Broken:
+    _empty_mosmed_test(ctx.root)
+    return Broken(["the test split of the mosmed dataset", "is empty"], ["--test_after_fit=true"])
+
+
+def batch_size_zero(ctx: Ctx) -> Broken:
+    return Broken(["batch_size must be >= 1, got 0"], ["--data.batch_size=0"])
+
+
+def image_size_zero(ctx: Ctx) -> Broken:
+    return Broken(["image_size must be >= 32, got 0"], ["--data.image_size=0"])
+
+
+def lr_negative(ctx: Ctx) -> Broken:
+    return Broken(["lr must be > 0, got -0.1"], ["--model.init_args.lr=-0.1"])
+
+
 def ratio_zero(ctx: Ctx) -> Broken:
     return Broken(["labeled_ratio", "(0, 1]", "got 0"], ["--data.labeled_ratio=0"])
 
@@ -356,6 +413,21 @@ CASES = [
     Case("text-too-long", "fit", "mosmed", long_text, "TextSegDataModule.setup (lead)"),
     Case("empty-text", "fit", "mosmed", empty_text, "io.read_text_table"),
     Case("empty-caption", "test", "qata", empty_caption, "RecordBuilder.add"),
+    Case("nan-text", "fit", "mosmed", nan_text, "io.read_text_table (io.empty_text_reason)"),
+    Case("punctuation-text", "test", "mosmed", punctuation_text, "io.read_text_table (io.empty_text_reason)"),
+    Case("zero-width-caption", "fit", "qata", zero_width_caption, "RecordBuilder.add (io.empty_text_reason)"),
+    Case("empty-test-split", "test", "mosmed", empty_test_split, "TextSegDataModule.setup (validate_dataset)"),
+    Case(
+        "empty-test-split-test-after-fit",
+        "fit",
+        "mosmed",
+        empty_test_split_after_fit,
+        "TextSegDataModule.setup('fit') with test_after_fit (validate_dataset)",
+        gap="GAP: textseg/cli/lightning.py must set datamodule.test_after_fit before fit (refused after training now)",
+    ),
+    Case("batch-size-zero", "fit", "qata", batch_size_zero, "TextSegDataModule.__init__ (check_range)"),
+    Case("image-size-zero", "fit", "qata", image_size_zero, "TextSegDataModule.__init__ (check_range)"),
+    Case("lr-negative", "fit", "qata", lr_negative, "TextSegModule.__init__ (check_range)"),
     Case("ratio-zero", "fit", "qata", ratio_zero, "TextSegDataModule.__init__"),
     Case("ratio-above-one", "fit", "qata", ratio_above_one, "TextSegDataModule.__init__"),
     Case("ckpt-of-other-method", "test", "qata", other_method_ckpt, "TextSegCLI._parse_ckpt_path"),

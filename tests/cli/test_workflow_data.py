@@ -15,7 +15,7 @@ from fakedata import (
     write_png,
 )
 
-from textseg.cli.data import check_dataset
+from textseg.cli.data import MAX_PROBLEMS_LISTED, check_dataset
 from textseg.cli.main import main
 from textseg.data import read_mask
 from textseg.data.folder import folder_records
@@ -80,6 +80,20 @@ def test_check_real_mosmed_counts(tmp_path: Path, mosmed_files: Path) -> None:
     assert "labeled   1%: 21, 2%: 43, 5%: 109, 15%: 327 (seed 42)" in text
     assert "naming no lung region" in text  # 47 "No pulmonary infection" rows
     assert "2,729 rows" in text and "47 naming no lung region" in text
+
+
+def test_check_counts_every_problem_it_lists(tmp_path: Path, qata_files: Path) -> None:
+    """The real annotation without test masks: 2,113 problems counted as such (it said "FAILED: 1 problem")."""
+    root = make_qata_tree_from_annotation(tmp_path / "qata", qata_files / "annotation.json")
+    for mask in (root / "test" / "masks").iterdir():
+        mask.unlink()
+    report = check_dataset(root, "qata", fast=True)
+    out = report.format()
+    assert len(report.problems) == 2113 and all("has no mask" in p for p in report.problems)
+    listed = [line for line in out.splitlines() if line.startswith("  - ")]
+    assert len(listed) == MAX_PROBLEMS_LISTED
+    assert f"  ... and {2113 - MAX_PROBLEMS_LISTED:,} more problems not shown" in out
+    assert out.rstrip().endswith("FAILED: 2,113 problems found; the dataset is not usable")
 
 
 @pytest.fixture

@@ -1,11 +1,16 @@
 """``textseg data check`` and ``textseg data synth``: validate a dataset root, write the synthetic dataset.
 
-``textseg data check ROOT [--dataset qata|mosmed|synthetic|synthetic_ct|auto] [--fast]`` reads the root with the
-dataset readers of :mod:`textseg.data` (layout detection, text files, every image/mask/text row paired;
-``docs/data.md`` §2-3), runs :meth:`~textseg.data.base.SegDataset.check` (readable files, binary masks, image and mask
-of the same size; ``--fast`` reads only the PNG headers), compares the split sizes with the canonical ones
-(QaTa-COV19 5,716 / 1,429 / 2,113, MosMedData+ 2,183 / 273 / 273; ``docs/data.md`` §5; a difference is a warning) and
-prints a summary. Exit code 0 when the data is usable, 1 with the list of problems otherwise.
+``textseg data check ROOT [--dataset qata|mosmed|synthetic|synthetic_ct|auto] [--fast] [--text_encoder SPEC]
+[--max_length N] [--max_foreground_share S]`` reads the root with the dataset readers of :mod:`textseg.data` (layout
+detection, text files, every image/mask/text row paired; ``docs/data.md`` §2-3) and runs
+:func:`~textseg.data.base.validate_dataset`, the validator ``fit`` runs (``docs/data.md`` §12): no split empty, no
+empty-in-effect text, readable files, binary masks, image and mask of the same size (``--fast`` reads only the PNG
+headers), every text within the token limit of ``--text_encoder`` / ``--max_length`` (default: the model's defaults,
+``tiny`` and 24), and masks whose foreground share is above ``--max_foreground_share`` listed as warnings. It compares
+the split sizes with the canonical ones (QaTa-COV19 5,716 / 1,429 / 2,113, MosMedData+ 2,183 / 273 / 273;
+``docs/data.md`` §5; a difference is a warning) and prints a summary: every problem on its own line (the first
+:data:`MAX_PROBLEMS_LISTED`, then how many are not shown), counted in the ``FAILED: N problems`` line. Exit code 0 when
+the data is usable, 1 with the list of problems otherwise.
 
 ``textseg data synth ROOT [--n_train N] [--n_val N] [--n_test N] [--image_size S] [--seed S] [--modality xray|ct]``
 writes the synthetic referring dataset (:func:`~textseg.data.synthetic.make_synthetic`).
@@ -21,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textseg.data.base import SPLITS, SegDataset
+from textseg.data.base import SPLITS, DataProblems, SegDataset, validate_dataset
 from textseg.data.io import read_size
 from textseg.data.registry import load_dataset
-from textseg.errors import DataError
+from textseg.errors import DataError, check_range
+from textseg.ops.text import TokenLimit
 
-__all__ = ["EXPECTED_COUNTS", "PAPER_RATIOS", "CheckReport", "check_dataset", "main", "synth_dataset"]
+__all__ = ["EXPECTED_COUNTS", "PAPER_RATIOS", "CheckReport", "check_dataset", "main", "synth_dataset", "token_limit"]
 
 #: Canonical split sizes (``docs/data.md`` §5).
 EXPECTED_COUNTS: dict[str, dict[str, int]] = {
@@ -48,6 +54,8 @@ DATASET_TITLES: dict[str, str] = {
 SYNTHETIC_META = "synthetic.json"
 #: Image sizes listed in the summary (the most frequent ones).
 MAX_SIZES_SHOWN = 3
+#: Problem lines printed at most; the rest are counted.
+MAX_PROBLEMS_LISTED = 200
 #: Datasets ``--dataset`` accepts.
 DATASET_CHOICES = ("auto", "qata", "mosmed", "synthetic", "synthetic_ct")
 #: Prefixes of the readers' "no layout found" messages, which make ``auto`` try the next reader.
@@ -67,7 +75,7 @@ class CheckReport:
         expected: Canonical images per split (empty when there is no reference).
         info: Summary lines (sizes, texts, labeled subsets).
         warnings: Non-fatal findings (split sizes differing from the canonical ones).
-        problems: Fatal findings (the DataError messages of the readers and of ``check``).
+        problems: Fatal findings, one line each (every problem a reader or the validator found).
     """
 
     root: Path
@@ -101,11 +109,13 @@ class CheckReport:
         lines += [f"  {line}" for line in self.info]
         lines += [f"warning: {w}" for w in self.warnings]
         if self.problems:
-            lines.append("problems:")
-            for problem in self.problems:
-                lines += [f"  {part}" for part in problem.splitlines()]
             count = len(self.problems)
-            lines.append(f"FAILED: {count} problem{'s' if count > 1 else ''} found; the dataset is not usable")
+            lines.append("problems:")
+            for problem in self.problems[:MAX_PROBLEMS_LISTED]:
+                lines += [f"  - {problem.splitlines()[0]}"] + [f"    {part}" for part in problem.splitlines()[1:]]
+            if count > MAX_PROBLEMS_LISTED:
+                lines.append(f"  ... and {count - MAX_PROBLEMS_LISTED:,} more problems not shown")
+            lines.append(f"FAILED: {count:,} problem{'s' if count > 1 else ''} found; the dataset is not usable")
         else:
             mode = "full check" if self.full else "fast check (headers only)"
             lines.append(f"OK: the dataset is usable ({mode}, {len(self.warnings)} warnings)")
@@ -153,7 +163,7 @@ def _open(root: Path, dataset: str, report: CheckReport) -> SegDataset | None:
             if dataset == "auto" and message.startswith(_UNKNOWN_LAYOUT.get(name, "\0")):
                 layout_errors.append(message)
                 continue
-            report.problems.append(message)
+            report.problems += exc.problems if isinstance(exc, DataProblems) else [message]
             return None
     report.dataset = None
     report.problems.append("no known dataset layout:\n" + "\n".join(f"- {m}" for m in layout_errors))
@@ -187,20 +197,50 @@ def _summarise(data: SegDataset, report: CheckReport) -> None:
         report.info.append(f"labeled   {listed} (seed {PAPER_SEED})")
 
 
-def check_dataset(root: str | Path, dataset: str = "auto", fast: bool = False) -> CheckReport:
-    """Validate a dataset root and summarise it.
+def token_limit(text_encoder: str, max_length: int) -> TokenLimit:
+    """The token-length rule of a text encoder spec (its tokenizer and ``max_length``), as ``fit`` applies it.
+
+    Raises:
+        DataError: For an unknown spec or a ``max_length`` below 1.
+    """
+    from textseg.models.encoders.text import build_text_backbone
+
+    check_range("max_length", max_length, 1)
+    return TokenLimit(build_text_backbone(text_encoder)[1], max_length, text_encoder)
+
+
+def check_dataset(
+    root: str | Path,
+    dataset: str = "auto",
+    fast: bool = False,
+    *,
+    text_encoder: str | None = "tiny",
+    max_length: int = 24,
+    max_foreground_share: float = 0.6,
+) -> CheckReport:
+    """Validate a dataset root with ``fit``'s validator (:func:`~textseg.data.base.validate_dataset`) and summarise it.
 
     Args:
         root: Dataset root.
         dataset: ``"qata"``, ``"mosmed"``, ``"synthetic"``, ``"synthetic_ct"`` or ``"auto"`` (a generated tree is
             recognised by its ``synthetic.json``; otherwise the QaTa-COV19 and MosMedData+ readers are tried).
         fast: Check existence and the PNG headers only (no decoding of images and masks).
+        text_encoder: Text encoder spec whose tokenizer counts the tokens (the model's ``text_encoder``); ``None``
+            skips the token limit.
+        max_length: The model's ``max_length``.
+        max_foreground_share: The DataModule's ``max_foreground_share``: masks above it are listed as warnings.
 
     Returns:
-        The report; ``report.usable`` is ``False`` when a reader or ``check`` raised a :class:`DataError`.
+        The report; ``report.usable`` is ``False`` when a reader or the validator found a problem.
     """
     path = Path(root).expanduser()
     report = CheckReport(root=path, full=not fast)
+    try:
+        check_range("max_foreground_share", max_foreground_share, 0, 1, open_low=True)
+        tokens = token_limit(text_encoder, max_length) if text_encoder is not None else None
+    except DataError as exc:
+        report.problems.append(str(exc))
+        return report
     if dataset not in DATASET_CHOICES:
         report.problems.append(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASET_CHOICES)}")
         return report
@@ -224,10 +264,12 @@ def check_dataset(root: str | Path, dataset: str = "auto", fast: bool = False) -
                 f"{split} has {report.counts[split]:,} images, the canonical split has {expected:,}; results and "
                 "label-ratio subsets are not comparable with the papers'"
             )
-    try:
-        data.check(SPLITS, full=not fast)
-    except DataError as exc:
-        report.problems.append(str(exc))
+    found = validate_dataset(data, SPLITS, full=not fast, max_foreground_share=max_foreground_share, tokens=tokens)
+    report.problems += found.problems
+    report.warnings += [
+        f"{line} is above max_foreground_share {max_foreground_share:.0%} (an inverted mask?)"
+        for line in found.mask_lines()
+    ]
     _summarise(data, report)
     total = sum(report.counts.values())
     what = "decoded: readable, binary masks, image/mask sizes" if not fast else "headers: existence and sizes"
@@ -294,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("root", help="dataset root")
     check.add_argument("--dataset", choices=DATASET_CHOICES, default="auto", help="dataset reader (default: detect)")
     check.add_argument("--fast", action="store_true", help="read only the PNG headers (no decoding)")
+    check.add_argument(
+        "--text_encoder", default="tiny", help="text encoder whose tokenizer counts the tokens (the model's; tiny)"
+    )
+    check.add_argument("--max_length", type=int, default=24, help="the model's max_length in tokens (default 24)")
+    check.add_argument(
+        "--max_foreground_share",
+        type=float,
+        default=0.6,
+        help="warn about masks whose foreground share is above this (default 0.6)",
+    )
     synth = sub.add_parser("synth", help="write the synthetic referring dataset")
     synth.add_argument("root", help="folder to create")
     synth.add_argument("--n_train", type=int, default=400, help="training images (default 400)")
@@ -319,7 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args: Any = build_parser().parse_args(None if argv is None else list(argv))
     if args.command == "check":
-        report = check_dataset(args.root, args.dataset, args.fast)
+        report = check_dataset(
+            args.root,
+            args.dataset,
+            args.fast,
+            text_encoder=args.text_encoder,
+            max_length=args.max_length,
+            max_foreground_share=args.max_foreground_share,
+        )
         print(report.format())
         return 0 if report.usable else 1
     try:

@@ -3,29 +3,36 @@
 A dataset is a list of :class:`Record` per canonical split (``docs/data.md`` §5): QaTa-COV19 uses SGSeg's
 ``annotation.json`` split (5,716 / 1,429 / 2,113), MosMedData+ the LViT text files (2,183 / 273 / 273). All
 structural problems (missing files, rows without images, images without rows, duplicates, empty texts) are
-found when the dataset is constructed; :meth:`SegDataset.check` additionally decodes the files.
+found when the dataset is constructed; :func:`validate_dataset` (``fit``'s and ``textseg data check``'s one validator,
+``docs/data.md`` §12) additionally finds empty splits, decodes the files and applies the text encoder's token limit.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
-from textseg.data.io import DirIndex, is_unterminated, read_image, read_mask, read_size
+from textseg.data.io import DirIndex, empty_text_reason, is_unterminated, read_image, read_mask, read_size
 from textseg.data.splits import Rounding, check_ratio, select_labeled
 from textseg.errors import DataError
+
+if TYPE_CHECKING:
+    from textseg.ops.text import TokenLimit
 
 __all__ = [
     "NUM_REGIONS",
     "REGION_NAMES",
     "SPLITS",
+    "DataProblems",
+    "Findings",
     "Position",
     "Record",
     "SegDataset",
     "Split",
+    "validate_dataset",
 ]
 
 Split = Literal["train", "val", "test"]
@@ -63,8 +70,21 @@ class Record:
     key: str
 
 
+class DataProblems(DataError):
+    """A :class:`DataError` of several problems: the message shows the first :data:`MAX_PROBLEMS_SHOWN`.
+
+    Attributes:
+        problems: Every problem, one line each (``textseg data check`` lists and counts these).
+        context: What was being read.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str], context: str) -> None:
+        super().__init__(message)
+        self.problems, self.context = list(problems), context
+
+
 def raise_problems(problems: Sequence[str], context: str) -> None:
-    """Raise one :class:`DataError` listing ``problems`` (no-op if there are none).
+    """Raise one :class:`DataProblems` listing ``problems`` (no-op if there are none).
 
     Args:
         problems: Human-readable problems, each naming its file or value.
@@ -78,7 +98,7 @@ def raise_problems(problems: Sequence[str], context: str) -> None:
     shown = "\n".join(f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
     more = f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
     plural = "s" if len(problems) > 1 else ""
-    raise DataError(f"{len(problems)} problem{plural} in {context}:\n{shown}{more}")
+    raise DataProblems(f"{len(problems)} problem{plural} in {context}:\n{shown}{more}", problems, context)
 
 
 def require_root(root: str | Path, dataset: str) -> Path:
@@ -214,8 +234,9 @@ class RecordBuilder:
             self._used[mask_dir].add(mask.name.lower())
         if image is not None:
             self._used[image_dir].add(image.name.lower())
-        if not row.text.strip():  # after marking the files used: they do have a (bad) row
-            self.problems.append(f"{row.source}: empty text for image {row.image_name}")
+        empty = empty_text_reason(row.text)
+        if empty:  # after marking the files used: they do have a (bad) row
+            self.problems.append(f"{row.source}: {empty} for image {row.image_name}")
             return None
         if image is None:
             self.problems.append(f"{row.source}: text row names image {row.image_name}, not found in {image_dir}")
@@ -355,41 +376,101 @@ class SegDataset(abc.ABC):
         return labeled, unlabeled
 
     def check(self, splits: Iterable[Split] = SPLITS, full: bool = True) -> None:
-        """Validate the files before training.
+        """Validate the files before training: :func:`validate_dataset` without a token limit, raising its problems.
 
         Args:
-            splits: Splits to check.
+            splits: Splits to check (each must hold records).
             full: Decode every image and mask: readable PNG, image/mask same size, mask binary. With
                 ``False`` only existence and the sizes in the PNG headers are checked (fast).
 
         Raises:
             DataError: Listing every problem (file name and problem).
         """
-        problems: list[str] = []
-        for split in splits:
-            for rec in self.records(split):
-                if not rec.text.strip():
-                    problems.append(f"empty text for image {rec.image}")
-                try:
-                    as_position(rec.position, f"record {rec.id}")
-                except DataError as exc:
-                    problems.append(str(exc))
-                if rec.mask is None:
-                    problems.append(f"no mask for image {rec.image} in the {split} split")
-                    continue
-                try:
-                    if full:
-                        image_hw = read_image(rec.image).shape
-                        mask_hw = read_mask(rec.mask).shape
-                    else:
-                        image_hw = read_size(rec.image, "image")
-                        mask_hw = read_size(rec.mask, "mask")
-                except DataError as exc:
-                    problems.append(str(exc))
-                    continue
-                if tuple(image_hw) != tuple(mask_hw):
-                    problems.append(
-                        f"size mismatch: image {rec.image} is {image_hw[1]}x{image_hw[0]} but mask "
-                        f"{rec.mask} is {mask_hw[1]}x{mask_hw[0]} (WxH)"
-                    )
-        raise_problems(problems, f"{self.name} dataset at {self.root}")
+        raise_problems(validate_dataset(self, tuple(splits), full=full).problems, f"{self.name} dataset at {self.root}")
+
+
+@dataclass
+class Findings:
+    """What :func:`validate_dataset` found.
+
+    Attributes:
+        problems: Bad input, one line each (fatal).
+        large_masks: ``(mask, foreground share)`` of the masks above ``max_foreground_share`` (a warning: an
+            inverted mask has ~90 % foreground).
+    """
+
+    problems: list[str] = field(default_factory=list)
+    large_masks: list[tuple[Path, float]] = field(default_factory=list)
+
+    def mask_lines(self, limit: int | None = None) -> list[str]:
+        """``"mask <file>: foreground 91.2 %"`` per large mask (the first ``limit``)."""
+        return [f"mask {path}: foreground {share:.1%}" for path, share in self.large_masks[:limit]]
+
+
+def _check_record(rec: Record, split: str, full: bool, max_foreground: float, out: Findings) -> None:
+    """The file checks of one record (``full``: decode; else headers only), into ``out``."""
+    empty = empty_text_reason(rec.text)
+    if empty:
+        out.problems.append(f"{empty} for image {rec.image}")
+    try:
+        as_position(rec.position, f"record {rec.id}")
+    except DataError as exc:
+        out.problems.append(str(exc))
+    if rec.mask is None:
+        out.problems.append(f"no mask for image {rec.image} in the {split} split")
+        return
+    try:
+        if full:
+            image_hw = read_image(rec.image).shape
+            mask = read_mask(rec.mask)
+            mask_hw = mask.shape
+            share = float(mask.mean()) if mask.size else 0.0
+            if share > max_foreground:
+                out.large_masks.append((rec.mask, share))
+        else:
+            image_hw = read_size(rec.image, "image")
+            mask_hw = read_size(rec.mask, "mask")
+    except DataError as exc:
+        out.problems.append(str(exc))
+        return
+    if tuple(image_hw) != tuple(mask_hw):
+        out.problems.append(
+            f"size mismatch: image {rec.image} is {image_hw[1]}x{image_hw[0]} but mask "
+            f"{rec.mask} is {mask_hw[1]}x{mask_hw[0]} (WxH)"
+        )
+
+
+def validate_dataset(
+    data: SegDataset,
+    splits: Sequence[Split],
+    *,
+    full: bool | None = True,
+    max_foreground_share: float = 1.0,
+    tokens: TokenLimit | None = None,
+) -> Findings:
+    """The one validator of ``fit`` (``TextSegDataModule.setup``) and ``textseg data check`` (``docs/data.md`` §12).
+
+    Args:
+        data: The dataset (its structural problems were found when it was read).
+        splits: The splits the run needs; an empty one is a problem.
+        full: ``True`` decodes every image and mask (readable, binary mask, same size, foreground share); ``False``
+            reads the PNG headers only; ``None`` checks no file (``check="off"``).
+        max_foreground_share: A mask whose foreground share is above this is listed in ``large_masks`` (``full``).
+        tokens: The text encoder's token limit; ``None`` skips it.
+
+    Returns:
+        The problems (empty splits, empty-in-effect texts, bad files, texts over the token limit) and large masks.
+    """
+    out = Findings()
+    texts: dict[str, str] = {}
+    for split in splits:
+        records = data.records(split)
+        if not records:
+            out.problems.append(f"the {split} split of the {data.name} dataset at {data.root} is empty")
+        for rec in records:
+            texts.setdefault(rec.text, f"{data.name} {split} record {rec.id!r} (image {rec.image})")
+            if full is not None:
+                _check_record(rec, split, full, max_foreground_share, out)
+    if tokens is not None:
+        out.problems += tokens.problems(texts)
+    return out

@@ -34,22 +34,22 @@ Mask-less image-text pairs (``unlabeled_images`` + ``unlabeled_texts``, the fold
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader
 
-from textseg.data.base import Record, SegDataset, Split
+from textseg.data.base import Record, SegDataset, Split, raise_problems, validate_dataset
 from textseg.data.folder import UnlabeledPool, folder_records, read_unlabeled_pools, unlabeled_pools
-from textseg.data.registry import check_options, load_dataset
+from textseg.data.registry import check_dataset_options, load_dataset
 from textseg.data.sampling import EpochSampler, ResumableLoader, SeededDataset, derive_seed
 from textseg.data.transforms import build_transform
-from textseg.errors import DataError
+from textseg.errors import DataError, check_range
+from textseg.ops.text import TokenLimit
 
 
 class TextSegDataModule(LightningDataModule):
@@ -99,8 +99,12 @@ class TextSegDataModule(LightningDataModule):
         strong_blur_sigma: Range of the blur's sigma in pixels at ``image_size`` (paper: 0.1-2.0 at 224; a run at
             a smaller size keeps the same blur relative to the image with the range scaled by ``image_size / 224``).
         legacy_clamp: Apply the strong jitter after the z-score (clamping to [0, 1]) as the public code does.
-        check: Input validation before training: ``"full"`` reads every mask, ``"fast"`` checks files and
-            sizes only, ``"off"`` skips it.
+        check: Input validation before training (``docs/data.md`` §12): ``"full"`` reads every image and mask,
+            ``"fast"`` checks files and sizes only, ``"off"`` skips the file checks (empty splits, empty texts and the
+            token limit are always checked).
+        max_foreground_share: A mask whose foreground share is above this (an inverted mask has ~90 %) is
+            implausible: ``setup`` warns once with their count and the first few files (``check="full"``), and
+            ``textseg data check`` lists them all. In (0, 1]; 1 switches the warning off.
         predict_images: Folder of images for ``textseg predict`` (default: the test split of the dataset).
         predict_texts: CSV naming a text for every image of ``predict_images`` (``Image`` and ``text`` columns).
         predict_modality: Modality code of the ``predict_images`` (0 = X-ray, 1 = CT).
@@ -129,10 +133,12 @@ class TextSegDataModule(LightningDataModule):
     modalities and sizes under ``unlabeled_extra_pools``.
 
     Raises:
-        DataError: For an invalid argument: among them a dataset name that is not registered, a
-            ``dataset_options`` key that is not a dataset of the run, or an option its dataset does not take;
-            ``unlabeled_images`` without ``unlabeled_texts`` (or the reverse), lists of different lengths, a
-            modality other than 0/1, or extra unlabeled pairs with ``use_unlabeled`` false (they would be unused).
+        DataError: For an invalid argument: a number outside its range (``batch_size`` 0, ``image_size`` 0, ...), a
+            dataset name that is not registered, a ``dataset_options`` key that is not a dataset of the run, or an
+            option its dataset does not take;
+            ``unlabeled_images`` without ``unlabeled_texts`` (or the reverse), lists of different lengths, a modality
+            other than 0/1, or extra unlabeled pairs with ``use_unlabeled`` false. ``setup`` refuses empty needed
+            splits (the test split in ``setup("fit")`` too when ``test_after_fit`` is set) and bad files or texts.
     """
 
     def __init__(
@@ -160,6 +166,7 @@ class TextSegDataModule(LightningDataModule):
         strong_blur_sigma: tuple[float, float] = (0.1, 2.0),
         legacy_clamp: bool = False,
         check: Literal["full", "fast", "off"] = "full",
+        max_foreground_share: float = 0.6,
         predict_images: str | None = None,
         predict_texts: str | None = None,
         predict_modality: int = 0,
@@ -169,8 +176,25 @@ class TextSegDataModule(LightningDataModule):
         unlabeled_dataset: str | list[str] | None = None,
     ) -> None:
         super().__init__()
-        if not 0 < labeled_ratio <= 1:
-            raise DataError(f"labeled_ratio must be in (0, 1], got {labeled_ratio}")
+        for name, value, low, high in (
+            ("batch_size", batch_size, 1, None),
+            ("eval_batch_size", eval_batch_size, 1, None),
+            ("image_size", image_size, 32, None),
+            ("num_workers", num_workers, 0, None),
+            ("seed", seed, 0, None),
+            ("zoom_prob", zoom_prob, 0, 1),
+            ("zoom_max", zoom_max, zoom_min, None),
+            ("strong_brightness", strong_brightness, 0, 1),
+            ("strong_contrast", strong_contrast, 0, 1),
+            ("strong_jitter_prob", strong_jitter_prob, 0, 1),
+            ("strong_blur_prob", strong_blur_prob, 0, 1),
+            ("predict_modality", predict_modality, 0, 1),
+        ):
+            check_range(name, value, low, high)
+        check_range("labeled_ratio", labeled_ratio, 0, 1, open_low=True)
+        check_range("max_foreground_share", max_foreground_share, 0, 1, open_low=True)
+        check_range("zoom_min", zoom_min, 0, open_low=True)
+        check_range("unlabeled_batch_size", unlabeled_batch_size, 1, optional=True)
         if len(strong_blur_sigma) != 2 or not 0 < strong_blur_sigma[0] <= strong_blur_sigma[1]:
             raise DataError(f"strong_blur_sigma must be a range 0 < low <= high, got {list(strong_blur_sigma)}")
         if image_size % 32 != 0:
@@ -181,7 +205,7 @@ class TextSegDataModule(LightningDataModule):
         roots = [root] if isinstance(root, str) else list(root)
         if not names or len(roots) != len(names) or len(set(names)) != len(names):
             raise DataError(f"need one root per dataset and no repeated dataset, got dataset={dataset} root={root}")
-        options = self._check_dataset_options(names, dataset_options)
+        options = check_dataset_options(names, dataset_options)
         if (predict_images is None) != (predict_texts is None):
             raise DataError("predict_images and predict_texts go together: give both or neither")
         if oversample is not None and (len(oversample) != len(names) or min(oversample) < 1):
@@ -198,29 +222,7 @@ class TextSegDataModule(LightningDataModule):
         self.splits: dict[str, list[Record]] = {}
         self.sources: dict[str, list[str]] = {}
         self._extra_sizes: list[tuple[str, int]] = []  # (dataset, pairs) per unlabeled pool, set by setup("fit")
-
-    @staticmethod
-    def _check_dataset_options(
-        names: list[str], dataset_options: Mapping[str, Mapping[str, Any]] | None
-    ) -> dict[str, dict[str, Any]]:
-        """Each dataset's factory options: registered names, options only for the run's datasets, known options."""
-        for name in names:
-            check_options(name, {})  # a name that is not in the registry: the error lists the registered ones
-        given = dict(dataset_options or {})
-        stray = [key for key in given if key not in names]
-        if stray:
-            raise DataError(
-                f"dataset_options names {', '.join(repr(k) for k in stray)}, not a dataset of this run; "
-                f"the run's datasets are {', '.join(repr(n) for n in names)}"
-            )
-        options: dict[str, dict[str, Any]] = {}
-        for name in names:
-            opts = given.get(name) or {}
-            if not isinstance(opts, Mapping):
-                raise DataError(f"dataset_options[{name!r}] must map option names to values, got {opts!r}")
-            check_options(name, opts)
-            options[name] = dict(opts)
-        return options
+        self.test_after_fit = False  # setup("fit") also validates the test split (``--test_after_fit``)
 
     @property
     def hp(self) -> Any:
@@ -261,6 +263,7 @@ class TextSegDataModule(LightningDataModule):
         for name in self.dataset_names:
             if name not in self.datas:
                 self.datas[name] = self._load(name)
+        self._validate(stage)
         parts: dict[str, list[tuple[str, Record]]] = {}
         factors = self._oversample()
         extra: list[tuple[str, list[Record]]] = []
@@ -277,14 +280,6 @@ class TextSegDataModule(LightningDataModule):
                 parts.setdefault("val", []).extend((name, r) for r in data.records("val"))
             if stage in (None, "test", "predict"):
                 parts.setdefault("test", []).extend((name, r) for r in data.records("test"))
-            if self.hp.check != "off":
-                needed: dict[str, tuple[Split, ...]] = {
-                    "fit": ("train", "val"),
-                    "validate": ("val",),
-                    "test": ("test",),
-                    "predict": ("test",),
-                }
-                data.check(needed.get(stage or "", ("train", "val", "test")), full=self.hp.check == "full")
         self._extra_sizes = [(n, len(records)) for n, records in extra]
         if extra:  # once per epoch, after the datasets' own records (never over-sampled)
             parts["unlabeled_extra"] = [(n, r) for n, records in extra for r in records]
@@ -292,21 +287,46 @@ class TextSegDataModule(LightningDataModule):
         for key, pairs in parts.items():
             self.sources[key] = [n for n, _ in pairs]
             self.splits[key] = [r for _, r in pairs]
-        self._check_texts(list(parts))
+        self._check_texts(["unlabeled_extra"] if extra else [])
         if stage in (None, "fit"):
             self._write_split(factors)
 
+    def _token_limit(self) -> TokenLimit | None:
+        """The token-length rule of the attached model's text encoder (``None`` without a model)."""
+        return TokenLimit.of(getattr(getattr(self.trainer, "lightning_module", None), "text_encoder", None))
+
+    def _validate(self, stage: str | None) -> None:
+        """Validate the splits ``stage`` needs with ``textseg data check``'s validator (``docs/data.md`` §12)."""
+        hp = self.hp
+        by_stage: dict[str, tuple[Split, ...]] = {"fit": ("train", "val"), "validate": ("val",)}
+        needed = by_stage.get(stage or "", ("test",))
+        if stage is None or (stage == "fit" and self.test_after_fit):
+            needed = ("train", "val", "test")
+        full = None if hp.check == "off" else hp.check == "full"
+        large: list[str] = []
+        for name, data in self.datas.items():
+            found = validate_dataset(
+                data, needed, full=full, max_foreground_share=hp.max_foreground_share, tokens=self._token_limit()
+            )
+            raise_problems(found.problems, f"the {name} dataset at {data.root} ({', '.join(needed)} splits)")
+            large += found.mask_lines()
+        if large:
+            rank_zero_warn(
+                f"{len(large)} mask(s) have a foreground share above max_foreground_share={hp.max_foreground_share:g} "
+                f"(inverted masks?): {'; '.join(large[:3])}{'; ...' if len(large) > 3 else ''}. "
+                "`textseg data check` lists them all."
+            )
+
     def _check_texts(self, keys: list[str]) -> None:
-        """Let the attached model's text encoder refuse texts it would truncate, before anything is written."""
-        encoder = getattr(getattr(self.trainer, "lightning_module", None), "text_encoder", None)
-        check = getattr(encoder, "check_lengths", None)
-        if check is None:
+        """Refuse texts of mask-less pairs that the model's text encoder would truncate, before anything is written."""
+        tokens = self._token_limit()
+        if tokens is None:
             return
         texts: dict[str, str] = {}
         for key in keys:
             for name, rec in zip(self.sources[key], self.splits[key], strict=True):
                 texts.setdefault(rec.text, f"{name or 'predict'} {key} record {rec.id!r} (image {rec.image})")
-        check(texts)
+        raise_problems(tokens.problems(texts), "the texts of " + " and ".join(keys))
 
     def _ids(self, key: str) -> list[str]:
         """Record ids of a split, unique ones in order; ``dataset:id`` for composite data.

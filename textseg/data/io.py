@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,13 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DirIndex",
     "TextRow",
+    "empty_text_reason",
     "find_child",
     "find_subdir",
     "grey_image",
     "is_unterminated",
     "read_image",
+    "read_image_float",
     "read_mask",
     "read_size",
     "read_text_table",
@@ -38,7 +41,7 @@ __all__ = [
 #: File extensions treated as images when listing image/mask folders (lower case).
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 
-#: Largest value of a 16-bit image; 16-bit images are scaled by ``255 / 65535`` to 8 bits.
+#: Largest value of a 16-bit image (the scale of 16-bit files in :func:`read_image_float`).
 _UINT16_MAX = 65535
 #: Number of distinct values listed in a "mask is not binary" message.
 _MAX_VALUES_SHOWN = 10
@@ -47,14 +50,7 @@ _MASK_FOREGROUND_VALUES = (255, 1, _UINT16_MAX)
 
 
 def _load(path: Path, what: str) -> Image.Image:
-    """Open and fully decode an image file.
-
-    Args:
-        path: File to read.
-        what: ``"image"`` or ``"mask"``, used in error messages.
-
-    Returns:
-        The decoded PIL image (file closed).
+    """Open and fully decode an image file (``what``: ``"image"`` or ``"mask"``, for messages); the file is closed.
 
     Raises:
         DataError: If the file is missing, unreadable, truncated or not an image.
@@ -70,69 +66,82 @@ def _load(path: Path, what: str) -> Image.Image:
         raise DataError(f"{what} file {path} is unreadable or corrupt: {exc}") from exc
 
 
-def _to_uint8_grey(im: Image.Image, path: Path) -> np.ndarray:
-    """Convert a decoded PIL image of any common mode to an 8-bit greyscale array.
-
-    Args:
-        im: Decoded image.
-        path: Its file, for error messages.
+def _grey(im: Image.Image, path: Path) -> tuple[np.ndarray, int]:
+    """The grey values of a decoded image of any common mode, and the largest value of its bit depth.
 
     Returns:
-        ``uint8 [H, W]``.
+        ``(values [H, W], top)``: ``uint8`` values with ``top`` 255 (8-bit files, and RGB/RGBA/palette images through
+        PIL's ITU-R 601-2 luma transform, alpha dropped), or 16-bit / integer / float values with ``top`` 65535 (255
+        for an ``I``/``F`` image whose values all fit in 8 bits).
+
+    Raises:
+        DataError: If the mode or the values are not supported.
     """
     mode = im.mode
     if mode == "L":
-        return np.asarray(im, dtype=np.uint8).copy()
+        return np.asarray(im, dtype=np.uint8), 255
     if mode.startswith("I;16"):
-        raw = np.asarray(im).astype(np.float64)
-        return np.round(raw * (255.0 / _UINT16_MAX)).astype(np.uint8)
+        return np.asarray(im), _UINT16_MAX
     if mode in ("I", "F"):
         raw = np.asarray(im).astype(np.float64)
         lo, hi = float(raw.min()), float(raw.max())
         if lo < 0 or not np.isfinite(raw).all():
             raise DataError(f"image file {path} has unsupported values (mode {mode}, range {lo}..{hi})")
-        if hi <= 255:
-            return np.round(raw).astype(np.uint8)
-        if hi <= _UINT16_MAX:
-            return np.round(raw * (255.0 / _UINT16_MAX)).astype(np.uint8)
-        raise DataError(f"image file {path} has values above 16 bits (mode {mode}, max {hi})")
-    # "1", "P", "LA", "RGB", "RGBA", "CMYK", "YCbCr", ...: PIL's ITU-R 601-2 luma conversion (alpha dropped).
+        if hi > _UINT16_MAX:
+            raise DataError(f"image file {path} has values above 16 bits (mode {mode}, max {hi})")
+        return raw, 255 if hi <= 255 else _UINT16_MAX
     try:
-        return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+        return np.asarray(im.convert("L"), dtype=np.uint8), 255
     except (ValueError, OSError) as exc:
         raise DataError(f"image file {path} has unsupported mode {mode}: {exc}") from exc
 
 
+def _to_uint8_grey(im: Image.Image, path: Path) -> np.ndarray:
+    """An 8-bit greyscale copy of a decoded image (16-bit values scaled by ``255 / 65535``, rounded)."""
+    values, top = _grey(im, path)
+    if values.dtype == np.uint8:
+        return values.copy()
+    return np.round(values.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an image as 8-bit greyscale in display orientation.
+    """Read an image as ``uint8 [H, W]`` grey in display orientation, for display (overlays, previews).
 
-    Args:
-        path: PNG (or other PIL-readable) file.
-
-    Returns:
-        ``uint8`` array ``[H, W]`` with ``array[row, col]`` = image row/column. RGB/RGBA/palette images are
-        converted with PIL's luma transform, 16-bit images are scaled to 8 bits.
-
-    Raises:
-        DataError: If the file is missing, unreadable or corrupt; the message names the file.
+    RGB/RGBA/palette images go through PIL's luma transform, 16-bit ones are scaled to 8 bits; training and evaluation
+    read :func:`read_image_float`, which keeps a 16-bit file's precision. A missing, unreadable or corrupt file is a
+    :class:`DataError` naming it.
     """
     path = Path(path)
     return _to_uint8_grey(_load(path, "image"), path)
 
 
-def grey_image(im: Image.Image, source: str | Path = "<image>") -> np.ndarray:
-    """Convert an in-memory PIL image to 8-bit greyscale exactly as :func:`read_image` converts a file.
+def read_image_float(path: Path) -> np.ndarray:
+    """Read an image as greyscale in [0, 1], scaled once by the largest value of its bit depth (``docs/data.md`` §12).
+
+    An 8-bit image gives ``uint8 / 255`` in float32 (exactly the tensors of :func:`read_image` / 255); a 16-bit one
+    gives ``uint16 / 65535`` without passing through 8 bits, so a 16-bit PNG holding 12-bit data (DICOM exports:
+    values 0..4095, all in [0, 0.0625]) keeps its 4,096 levels. The per-image z-score of the pipeline removes the scale.
 
     Args:
-        im: A decoded PIL image of any common mode.
-        source: What the image is, for error messages.
+        path: PNG (or other PIL-readable) file.
 
     Returns:
-        ``uint8`` array ``[H, W]``.
+        ``float32`` array ``[H, W]`` in display orientation.
 
     Raises:
-        DataError: If the mode or the values are not supported.
+        DataError: If the file is missing, unreadable or corrupt; the message names the file.
     """
+    path = Path(path)
+    values, top = _grey(_load(path, "image"), path)
+    if values.dtype == np.uint8:
+        out = values.astype(np.float32)
+        out *= 1.0 / 255.0
+        return out
+    return (values.astype(np.float64) / top).astype(np.float32)
+
+
+def grey_image(im: Image.Image, source: str | Path = "<image>") -> np.ndarray:
+    """An in-memory PIL image as ``uint8 [H, W]`` grey, converted exactly as :func:`read_image` converts a file."""
     return _to_uint8_grey(im, Path(source))
 
 
@@ -180,14 +189,7 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def read_size(path: Path, what: str = "image") -> tuple[int, int]:
-    """Read the size of an image from its header without decoding the pixels.
-
-    Args:
-        path: Image file.
-        what: Word used in error messages (``"image"`` or ``"mask"``).
-
-    Returns:
-        ``(height, width)``.
+    """``(height, width)`` of an image from its header, without decoding the pixels (``what`` names it in messages).
 
     Raises:
         DataError: If the file is missing or its header is unreadable.
@@ -326,6 +328,28 @@ class TextRow:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
+#: Cells that stand for a missing value (pandas, spreadsheets), compared in lower case.
+MISSING_TEXTS: frozenset[str] = frozenset({"nan", "none", "null", "n/a", "<na>"})
+
+
+def empty_text_reason(text: str) -> str | None:
+    r"""Why a referring text is empty in effect (``docs/data.md`` §12), or ``None`` for a real text.
+
+    Whitespace, zero-width and other format characters (``\u200b``, BOM, ...), punctuation and symbols are not text;
+    a cell reading ``nan``/``none``/``null``/``n/a`` is a missing value written out by a spreadsheet or pandas.
+    """
+    kept = "".join(c for c in text if not (c.isspace() or unicodedata.category(c)[0] in "CPSZ"))
+    if not kept:
+        return (
+            "empty text"
+            if not text.strip()
+            else f"empty text (only whitespace, invisible or punctuation characters: {text!r})"
+        )
+    if kept.lower() in MISSING_TEXTS or text.strip().lower() in MISSING_TEXTS:
+        return f"empty text (the cell reads {text.strip()!r}, a missing-value marker)"
+    return None
+
+
 #: Delimiters tried when sniffing a text table's header, in order.
 _DELIMITERS = (",", ";", "\t")
 
@@ -460,8 +484,9 @@ def read_text_table(
                 f"text file {path}, line {line}: image name {image!r} contains the delimiter {found[0]!r}; the rows "
                 f"are not separated by the header's delimiter {delimiter!r}"
             )
-        if not text:
-            raise DataError(f"text file {path}, line {line}: empty text for image {image}")
+        empty = empty_text_reason(text)
+        if empty:
+            raise DataError(f"text file {path}, line {line}: {empty} for image {image}")
         if image in seen:
             raise DataError(f"text file {path}: duplicate row for image {image} (lines {seen[image]} and {line})")
         seen[image] = line

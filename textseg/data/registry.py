@@ -19,7 +19,7 @@ from textseg.data.qata import QaTaCOV19
 from textseg.data.synthetic import load_synthetic
 from textseg.errors import DataError
 
-__all__ = ["DATASETS", "check_options", "load_dataset"]
+__all__ = ["DATASETS", "check_dataset_options", "check_options", "load_dataset"]
 
 #: Dataset name -> ``factory(root, **options)`` returning a :class:`~textseg.data.base.SegDataset`.
 DATASETS: dict[str, Callable[..., SegDataset]] = {
@@ -56,6 +56,40 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
             f"dataset {name!r} has no option {', '.join(repr(u) for u in unknown)}; "
             f"its options are {', '.join(accepted) or 'none'}"
         )
+
+
+def check_dataset_options(
+    names: list[str], dataset_options: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """Each dataset's factory options: registered names, options only for the run's datasets, known options.
+
+    Args:
+        names: The run's datasets.
+        dataset_options: Dataset name -> its factory's keyword arguments (``TextSegDataModule(dataset_options=...)``).
+
+    Returns:
+        The options of every dataset of ``names`` (``{}`` for those not given).
+
+    Raises:
+        DataError: For an unregistered name, a key that is not a dataset of the run, or an unknown option.
+    """
+    for name in names:
+        check_options(name, {})  # a name that is not in the registry: the error lists the registered ones
+    given = dict(dataset_options or {})
+    stray = [key for key in given if key not in names]
+    if stray:
+        raise DataError(
+            f"dataset_options names {', '.join(repr(k) for k in stray)}, not a dataset of this run; "
+            f"the run's datasets are {', '.join(repr(n) for n in names)}"
+        )
+    options: dict[str, dict[str, Any]] = {}
+    for name in names:
+        opts = given.get(name) or {}
+        if not isinstance(opts, Mapping):
+            raise DataError(f"dataset_options[{name!r}] must map option names to values, got {opts!r}")
+        check_options(name, opts)
+        options[name] = dict(opts)
+    return options
 
 
 def load_dataset(name: str, root: str | Path, **options: Any) -> SegDataset:

@@ -42,7 +42,7 @@ from monai.transforms import (
 )
 
 from textseg.data.base import Record
-from textseg.data.io import read_image, read_mask
+from textseg.data.io import read_image_float, read_mask
 
 #: Keys of a labeled/evaluation sample.
 LABELED_KEYS = ("image", "mask", "text", "position", "modality", "id", "path", "dataset")
@@ -53,7 +53,10 @@ PREDICT_KEYS = ("image", "text", "position", "modality", "id", "path", "dataset"
 
 
 class LoadRecordd(MapTransform):
-    """Read a record's image (0..255 scaled to [0, 1]) and mask into ``[1, H, W]`` float tensors, plus its text.
+    """Read a record's image and mask into ``[1, H, W]`` float tensors, plus its text.
+
+    The image is scaled to [0, 1] once by its bit depth's largest value (8-bit: / 255, 16-bit: / 65535;
+    :func:`~textseg.data.io.read_image_float`), so a 16-bit file keeps its precision.
 
     Args:
         with_mask: Whether to load the mask (labeled and evaluation samples).
@@ -66,8 +69,7 @@ class LoadRecordd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Load ``data["record"]`` and return the sample dict (without the record)."""
         rec: Record = data["record"]
-        image = read_image(rec.image).astype(np.float32)[None]
-        image *= 1.0 / 255.0
+        image = read_image_float(rec.image)[None]
         out: dict[Hashable, Any] = {
             "image": torch.from_numpy(image),
             "text": rec.text,
@@ -225,8 +227,9 @@ def build_transform(
 ) -> Compose:
     """Build the pipeline for ``kind`` in ``{"labeled", "unlabeled", "eval", "predict"}``.
 
-    All pipelines: load (display orientation) and scale 0..255 to [0, 1] -> resize to ``image_size`` (bicubic for
-    images, nearest for masks; then clipped to [0, 1]) unless the image has that size already. ``labeled`` and
+    All pipelines: load (display orientation) and scale to [0, 1] (by 255 or 65535, the file's bit depth) -> resize
+    to ``image_size`` (bicubic for images, nearest for masks; then clipped to [0, 1]) unless the image has that size
+    already. ``labeled`` and
     ``unlabeled`` add the weak view ``RandZoomd`` (``docs/methods.md`` §1.3); ``unlabeled`` copies the weak image to
     ``image_strong`` and applies :class:`RandJitterBlurd` to it. Every image key is z-scored last (or, with
     ``legacy_clamp``, before the jitter, reproducing the public code's clamp). ``predict`` is ``eval`` without a mask.

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from textseg.errors import check_range
 from textseg.methods.teacher import TeacherStudentModule
 from textseg.models.types import SegOutput
 from textseg.ops import boxes, mixing, text_aug
@@ -99,6 +100,28 @@ class SemiMedRefModule(TeacherStudentModule):
         aug_seed: int = 42,
         **kwargs: Any,
     ) -> None:
+        for name, value, low, high in (
+            ("burn_in_epochs", burn_in_epochs, 0, None),
+            ("lambda_u", lambda_u, 0, None),
+            ("lambda_u_ramp_epochs", lambda_u_ramp_epochs, 0, None),
+            ("ema_start", ema_start, 0, 1),
+            ("ema_end", ema_end, 0, 1),
+            ("ema_ramp_epochs", ema_ramp_epochs, 0, None),
+            ("confidence", confidence, 0, 1),
+            ("posaug_rho", posaug_rho, 0, 1),
+            ("posaug_edit_prob", posaug_edit_prob, 0, 1),
+            ("textstrong_prob", textstrong_prob, 0, 1),
+            ("mix_block", mix_block, 1, None),
+            ("mix_prob", mix_prob, 0, 1),
+            ("mix_target_threshold", mix_target_threshold, 0, 1),
+            ("spc_prob", spc_prob, 0, 1),
+            ("lambda_itcl_sup", lambda_itcl_sup, 0, None),
+            ("lambda_itcl_unsup", lambda_itcl_unsup, 0, None),
+            ("aug_seed", aug_seed, 0, None),
+        ):
+            check_range(name, value, low, high)
+        check_range("soft_temperature", soft_temperature, 0, open_low=True)
+        check_range("itcl_temperature", itcl_temperature, 0, open_low=True)
         super().__init__(**kwargs)
 
     # ----------------------------------------------------------------------------------------------- schedules

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from textseg.errors import check_range
 from textseg.methods.teacher import TeacherStudentModule
 from textseg.ops.ema import textmoe_momentum
 from textseg.ops.frequency import frequency_exchange
@@ -74,6 +75,18 @@ class TextMoEModule(TeacherStudentModule):
         aug_seed: int = 0,
         **kwargs: Any,
     ) -> None:
+        for name, value, low, high in (
+            ("num_experts", num_experts, 1, None),
+            ("pretrain_epochs", pretrain_epochs, 0, None),
+            ("lambda_u", lambda_u, 0, None),
+            ("pseudo_threshold", pseudo_threshold, 0, 1),
+            ("ema_max", ema_max, 0, 1),
+            ("exchange_beta", exchange_beta, 0, 0.5),
+            ("exchange_radius", exchange_radius, 0, None),
+            ("lambda_diff", lambda_diff, 0, None),
+            ("aug_seed", aug_seed, 0, None),
+        ):
+            check_range(name, value, low, high)
         kwargs.setdefault("backbone", "textmoe")
         if kwargs["backbone"] != "textmoe":
             raise ValueError(f"TextMoEModule needs backbone 'textmoe', got {kwargs['backbone']!r}")
@@ -88,6 +101,7 @@ class TextMoEModule(TeacherStudentModule):
         super().configure_models()
         self.stage_start_step: Tensor
         self.register_buffer("stage_start_step", torch.zeros((), dtype=torch.long))
+        self._stage_start = 0  # the buffer's value on the host: the momentum is computed without reading it back
 
     @property
     def in_pretrain(self) -> bool:
@@ -96,12 +110,19 @@ class TextMoEModule(TeacherStudentModule):
 
     def momentum_now(self) -> float:
         """``min(1 - 1/(step + 1), ema_max)`` with ``step`` counted from the start of the current stage."""
-        return textmoe_momentum(self.global_step - int(self.stage_start_step), self.hp.ema_max)
+        return textmoe_momentum(self.global_step - self._stage_start, self.hp.ema_max)
 
     def on_train_epoch_start(self) -> None:
         """Restart the momentum schedule when the semi-supervised stage begins (two-stage option)."""
         if self.hp.pretrain_epochs > 0 and self.current_epoch == self.hp.pretrain_epochs:
             self.stage_start_step.fill_(self.global_step)
+            self._stage_start = self.global_step
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the host copy of ``stage_start_step`` from the checkpoint (read there, on the CPU)."""
+        super().on_load_checkpoint(checkpoint)
+        value = (checkpoint.get("state_dict") or {}).get("stage_start_step")
+        self._stage_start = int(value) if value is not None else 0
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Eq. 9: supervised DiceCE, the teacher's pseudo-labels on exchanged unlabeled images, and L_diff."""
@@ -162,10 +183,11 @@ class TextMoEModule(TeacherStudentModule):
         with torch.no_grad():
             gates = out["gates"].float().mean(1)  # [B, E] averaged over the MoE layers
             for code, name in enumerate(MODALITY_NAMES):
-                rows = modality == code
-                if rows.any():
-                    for e in range(gates.shape[1]):
-                        logs[f"train_gate_{name}_e{e}"] = gates[rows, e].mean()
+                # masked means, NaN for a modality the batch lacks: decided on the device, no host read
+                rows = (modality == code).to(gates.dtype)
+                means = (gates * rows[:, None]).sum(0) / rows.sum()
+                for e in range(gates.shape[1]):
+                    logs[f"train_gate_{name}_e{e}"] = means[e]
             if "diff" not in terms:
                 logs["train_expert_similarity"] = differential_loss(out["experts"], self.hp.diff_mode)
             else:

@@ -10,17 +10,19 @@ template "<Bilateral|Unilateral> pulmonary infection, <count> infected area(s), 
   It reproduces Ye et al.'s cleaned QaTa labels (SGSeg, MICCAI 2024, ``annotation.json``) and Semi-MedRef's
   MosMed labels (``scripts/prepare_splits.py``, ``report_position_vector``), including LViT's typos;
 * :func:`flip_position_label`, :func:`vflip_position_label` -- label updates for horizontal and vertical image
-  flips (SPC ablation).
+  flips (SPC ablation);
+* :class:`TokenLimit` -- the text encoder's token-length rule, applied to dataset texts before training.
 
-Everything here is pure Python (``re``, ``random``, ``dataclasses``).
+Everything here is pure Python (``re``, ``random``, ``dataclasses``); :class:`TokenLimit` calls a given tokenizer.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from textseg.errors import DataError
 
@@ -35,6 +37,7 @@ __all__ = [
     "SYNONYMS",
     "UNK_POS_TOKEN",
     "BareSide",
+    "TokenLimit",
     "flip_position_label",
     "has_location",
     "location_span",
@@ -442,3 +445,51 @@ def vflip_position_label(label: list[int] | tuple[int, ...]) -> list[int]:
     """
     values = _check_label(label)
     return [values[2], values[1], values[0], values[5], values[4], values[3]]
+
+
+@dataclass(frozen=True)
+class TokenLimit:
+    """The token-length rule of a text encoder: a dataset text it would truncate is bad input (``docs/data.md`` §8).
+
+    Real QaTa-COV19 and MosMedData+ texts all fit in 24 tokens; a longer one is a data error, not something to cut
+    silently. ``fit`` applies the rule with its model's tokenizer, ``textseg data check`` with the tokenizer of
+    ``--text_encoder`` (:func:`textseg.data.base.validate_dataset`, the one validator of both).
+
+    Attributes:
+        tokenizer: A Hugging Face tokenizer (called on a list of texts).
+        max_length: The encoder's token length (``[CLS]`` and ``[SEP]`` included).
+        name: The text encoder's spec, for the message.
+    """
+
+    tokenizer: Any
+    max_length: int
+    name: str = ""
+
+    @classmethod
+    def of(cls, encoder: object) -> TokenLimit | None:
+        """The rule of a text encoder (its ``tokenizer``, ``max_length`` and ``spec``); ``None`` without them."""
+        tokenizer, max_length = getattr(encoder, "tokenizer", None), getattr(encoder, "max_length", None)
+        if tokenizer is None or not isinstance(max_length, int):
+            return None
+        return cls(tokenizer, max_length, str(getattr(encoder, "spec", "")))
+
+    def problems(self, texts: Mapping[str, str]) -> list[str]:
+        """One line per text longer than ``max_length`` tokens.
+
+        Args:
+            texts: Text -> where it comes from (file and record), for the message.
+
+        Returns:
+            ``"<where>: text of N tokens, longer than the text encoder's max_length M ..."`` per long text.
+        """
+        unique = list(texts)
+        if not unique:
+            return []
+        counts = [len(ids) for ids in self.tokenizer(unique, add_special_tokens=True, truncation=False)["input_ids"]]
+        return [
+            f"{texts[text]}: text of {n} tokens, longer than the text encoder's max_length {self.max_length} "
+            f"({self.name!r} tokenizer), so it would be truncated: {text[:80]!r}; shorten it or raise "
+            "--model.init_args.max_length"
+            for n, text in zip(counts, unique, strict=True)
+            if n > self.max_length
+        ]
