@@ -1,0 +1,80 @@
+"""Host syncs in one training step of each method (a deterministic count; ``textseg.engine.opcount``).
+
+The counted step is the second optimizer step of a real ``Trainer.fit`` (tiny networks, 64 px, 2 labeled + 2
+unlabeled images, the unlabeled branch and T-PatchMix on from the first step). What remains:
+
+* ``encoders/text.py``: the frozen text encoder's transformers BERT checks its attention mask on the host, once per
+  call, and is called only for texts not yet in its cache (so the count falls to 0 once every text was seen);
+* ``ops/mixing.py``: T-PatchMix's derangement redraw reads the permutation of the step's CPU generator (a host
+  tensor: no device sync on a GPU).
+
+The non-finite guard, the networks' input checks, TextMoE's gates and momentum and the frequency exchange read
+nothing back (``docs/guide.md``, "Speed").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from textseg.data.datamodule import TextSegDataModule
+from textseg.engine.opcount import StepOpCounter
+from textseg.methods import SemiMedRefModule, SupervisedModule, TextMoEModule
+
+TINY: dict[str, Any] = {"vision_encoder": "tiny", "text_encoder": "tiny", "project_dim": 16}
+SEMI: dict[str, Any] = {"burn_in_epochs": 0, "lambda_u_ramp_epochs": 0, "mix_prob": 1.0}
+
+CASES: dict[str, tuple[Callable[[], Any], bool, dict[str, int]]] = {
+    "semimedref_mmiunet": (
+        lambda: SemiMedRefModule(backbone="mmiunet", **SEMI, **TINY),
+        False,
+        {"encoders/text.py": 3, "ops/mixing.py": 1},
+    ),
+    "semimedref_guidedecoder": (
+        lambda: SemiMedRefModule(backbone="guidedecoder", **SEMI, **TINY),
+        False,
+        {"encoders/text.py": 3, "ops/mixing.py": 1},
+    ),
+    "supervised_mmiunet": (lambda: SupervisedModule(backbone="mmiunet", **TINY), False, {"encoders/text.py": 1}),
+    "textmoe": (lambda: TextMoEModule(**TINY), True, {"encoders/text.py": 2}),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_sync_ops_of_one_training_step(name: str, qata_root: Path, mosmed_root: Path) -> None:
+    build, composite, expected = CASES[name]
+    torch.manual_seed(0)
+    roots = [str(qata_root), str(mosmed_root)] if composite else str(qata_root)
+    dm = TextSegDataModule(
+        dataset=["qata", "mosmed"] if composite else "qata",
+        root=roots,
+        labeled_ratio=0.25,
+        image_size=64,
+        batch_size=2,
+        unlabeled_batch_size=2,
+    )
+    counter = StepOpCounter(step=1)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        callbacks=[counter],
+    )
+    trainer.fit(build(), datamodule=dm)
+    by_file: dict[str, int] = {}
+    for key, count in counter.counts.syncs.items():
+        where = key.split(" @ ")[1].rsplit(":", 1)[0]
+        by_file[where] = by_file.get(where, 0) + count
+    assert by_file == expected, dict(counter.counts.syncs)
+    totals = counter.counts.totals()
+    assert totals["sync_ops"] <= 5 and totals["launching_ops"] > 1000  # the step was counted, backward included
