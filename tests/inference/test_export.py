@@ -230,9 +230,9 @@ def test_an_exportable_model_matches_the_segmenter_predictions(segmenters: dict[
     """The wrapper's sigmoid is the Segmenter's probability map on an image already at the network size."""
     segmenter = segmenters["mmiunet"]
     grey = np.random.default_rng(0).integers(0, 256, size=(64, 64), dtype=np.uint8)
-    from textseg.inference.inputs import network_input
+    from textseg.inference.inputs import as_grey, network_input
 
-    image = network_input(grey, 64)[None]
+    image = network_input(as_grey(grey), 64)[None]
     enc = segmenter.module.text_encoder.tokenize([TEXT], on_device=False)
     with torch.no_grad():
         logits = ExportableSegmenter.from_segmenter(segmenter)(image, enc["input_ids"], enc["attention_mask"])

@@ -111,7 +111,13 @@ def test_parity_with_textseg_predict(segmenter: Segmenter, trained: dict[str, An
         im.save(folder / "same.png")
         im.resize((100, 80), Image.Resampling.BICUBIC).save(folder / "wide.png")
         im.convert("RGB").resize((72, 96), Image.Resampling.BILINEAR).save(folder / "tall.png")
-    (folder / "texts.csv").write_text(f'Image,text\nsame.png,"{TEXT}"\nwide.png,"{OTHER}"\ntall.png,"{TEXT}"\n')
+        # 12-bit data in a 16-bit PNG (a DICOM export): 4,096 levels, read at full precision on both paths
+        deep = (
+            np.asarray(im.convert("L"), dtype=np.uint16) * 16 + np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 16
+        )
+        Image.fromarray(deep).save(folder / "deep.png")
+    rows = f'same.png,"{TEXT}"\nwide.png,"{OTHER}"\ntall.png,"{TEXT}"\ndeep.png,"{OTHER}"\n'
+    (folder / "texts.csv").write_text("Image,text\n" + rows)
     checkpoint = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
     data = {k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if not k.startswith("_")}
     data |= {"predict_images": str(folder), "predict_texts": str(folder / "texts.csv")}
@@ -123,7 +129,7 @@ def test_parity_with_textseg_predict(segmenter: Segmenter, trained: dict[str, An
     module.eval()
     with torch.no_grad():
         out = module.predict_step(batch, 0)
-    assert sorted(Path(p).name for p in out["path"]) == ["same.png", "tall.png", "wide.png"]
+    assert sorted(Path(p).name for p in out["path"]) == ["deep.png", "same.png", "tall.png", "wide.png"]
     for i, (path, text) in enumerate(zip(out["path"], out["text"], strict=True)):
         expected = resize_probs(out["probs"][i : i + 1], read_size(Path(path)))[0, 0].numpy()
         np.testing.assert_allclose(segmenter.predict_proba(path, text), expected, atol=1e-5)

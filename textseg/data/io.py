@@ -30,6 +30,7 @@ __all__ = [
     "find_child",
     "find_subdir",
     "grey_image",
+    "grey_image_float",
     "is_unterminated",
     "read_image",
     "read_image_float",
@@ -132,7 +133,12 @@ def read_image_float(path: Path) -> np.ndarray:
         DataError: If the file is missing, unreadable or corrupt; the message names the file.
     """
     path = Path(path)
-    values, top = _grey(_load(path, "image"), path)
+    return grey_image_float(_load(path, "image"), path)
+
+
+def grey_image_float(im: Image.Image, source: str | Path = "<image>") -> np.ndarray:
+    """An in-memory PIL image as ``float32 [H, W]`` grey in [0, 1], scaled exactly as :func:`read_image_float`."""
+    values, top = _grey(im, Path(source))
     if values.dtype == np.uint8:
         out = values.astype(np.float32)
         out *= 1.0 / 255.0

@@ -1,10 +1,12 @@
 """Turn what a user passes to :class:`~textseg.inference.Segmenter` into network inputs, as ``textseg predict`` does.
 
 An image is a file path, a PIL image or a NumPy array (``H x W`` grey, ``H x W x 3`` RGB or ``H x W x 4`` RGBA;
-``uint8``, ``uint16`` or floats in 0..255). Files are read with :func:`textseg.data.io.read_image`, in-memory images
-converted with the same function (:func:`textseg.data.io.grey_image`), and the grey picture then goes through the
-``predict`` pipeline of :func:`textseg.data.transforms.build_transform` after its loading step: scaled to [0, 1],
-resized (bicubic) to the network size unless it has it, clipped, z-scored.
+``uint8``, ``uint16`` or floats in 0..255). Files are read as training reads them,
+:func:`textseg.data.io.read_image_float` (scaled once by the largest value of the bit depth, so 16-bit images keep
+their precision; ``docs/data.md`` §12), in-memory images converted the same way
+(:func:`textseg.data.io.grey_image_float`), and the grey picture in [0, 1] then goes through the ``predict`` pipeline
+of :func:`textseg.data.transforms.build_transform` after its loading step: resized (bicubic) to the network size
+unless it has it, clipped, z-scored.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from monai.transforms import Compose
 from PIL import Image
 
-from textseg.data.io import grey_image, read_image
+from textseg.data.io import grey_image_float, read_image_float
 from textseg.data.transforms import LoadRecordd, build_transform
 from textseg.errors import DataError
 
@@ -33,15 +35,15 @@ _CHANNELS = (3, 4)
 
 
 def as_grey(image: ImageLike) -> np.ndarray:
-    """The image as ``uint8 [H, W]`` grey in display orientation, as the data pipeline reads files.
+    """The image as ``float32 [H, W]`` grey in [0, 1], display orientation, as the data pipeline reads files.
 
     Raises:
         DataError: For a missing or unreadable file, or an array of another shape or type.
     """
     if isinstance(image, (str, os.PathLike)):
-        return read_image(Path(image))
+        return read_image_float(Path(image))
     if isinstance(image, Image.Image):
-        return grey_image(image)
+        return grey_image_float(image)
     if isinstance(image, np.ndarray):
         array = image
         if array.ndim == 3 and array.shape[-1] == 1:
@@ -55,7 +57,7 @@ def as_grey(image: ImageLike) -> np.ndarray:
             array = array.astype(np.uint8) * np.uint8(255)
         elif array.dtype not in (np.uint8, np.uint16):
             array = array.astype(np.float32)  # PIL mode "F": values in 0..255 (16-bit range scaled)
-        return grey_image(Image.fromarray(np.ascontiguousarray(array)), f"array {array.shape}")
+        return grey_image_float(Image.fromarray(np.ascontiguousarray(array)), f"array {array.shape}")
     raise DataError(f"an image must be a path, a PIL image or a NumPy array, got {type(image).__name__}")
 
 
@@ -69,7 +71,7 @@ def _after_loading(image_size: int) -> Compose:
 
 
 def network_input(grey: np.ndarray, image_size: int) -> torch.Tensor:
-    """One network input ``float32 [1, S, S]`` from a grey ``uint8 [H, W]`` picture (the eval transform's values).
+    """One network input ``float32 [1, S, S]`` from a grey ``[H, W]`` picture in [0, 1] (the eval transform's values).
 
     Args:
         grey: The picture (:func:`as_grey`).
@@ -78,8 +80,7 @@ def network_input(grey: np.ndarray, image_size: int) -> torch.Tensor:
     Returns:
         The resized, clipped and z-scored image.
     """
-    image = grey.astype(np.float32)[None]
-    image *= 1.0 / 255.0  # exactly LoadRecordd's scaling
+    image = np.asarray(grey, dtype=np.float32)[None]  # already scaled as LoadRecordd scales
     sample: dict[Any, Any] = {"image": torch.from_numpy(image)}
     out = _after_loading(int(image_size))(sample)
     return torch.as_tensor(out["image"], dtype=torch.float32)
