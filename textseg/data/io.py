@@ -132,8 +132,7 @@ def read_image_float(path: Path) -> np.ndarray:
     Raises:
         DataError: If the file is missing, unreadable or corrupt; the message names the file.
     """
-    path = Path(path)
-    return grey_image_float(_load(path, "image"), path)
+    return grey_image_float(_load(Path(path), "image"), path)
 
 
 def grey_image_float(im: Image.Image, source: str | Path = "<image>") -> np.ndarray:

@@ -23,6 +23,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 from textseg.errors import DataError
 from textseg.models.encoders.vision import looks_like_path
 from textseg.models.types import TextFeatures
+from textseg.ops.text import TokenLimit
 
 log = logging.getLogger(__name__)
 
@@ -357,18 +358,11 @@ class TextEncoder(nn.Module):
         Raises:
             DataError: Naming the longest texts, their token counts (with [CLS]/[SEP]) and ``max_length``.
         """
-        unique = list(texts)
-        if not unique:
-            return
-        counts = [len(ids) for ids in self.tokenizer(unique, add_special_tokens=True, truncation=False)["input_ids"]]
-        long = sorted(((n, t) for n, t in zip(counts, unique, strict=True) if n > self.max_length), reverse=True)
-        if long:
-            named = "; ".join(f"{texts[t]}: {n} tokens ({t[:80]!r})" for n, t in long[:max_named])
-            raise DataError(
-                f"{len(long)} text(s) longer than the text encoder's max_length {self.max_length} tokens "
-                f"({self.spec!r} tokenizer), which would be truncated: {named}. Shorten them, or raise "
-                "--model.init_args.max_length"
-            )
+        limit = TokenLimit.of(self)
+        problems = limit.problems(texts) if limit is not None else []  # the rule data check applies too
+        if problems:
+            more = f"; and {len(problems) - max_named} more" if len(problems) > max_named else ""
+            raise DataError(f"{len(problems)} text(s) would be truncated: {'; '.join(problems[:max_named])}{more}")
 
     def _encode(self, enc: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Run BERT (full precision, autocast off) on tokenised input; return ``(tokens, mask, pooled)``."""
