@@ -23,6 +23,8 @@ FB_22K = "pretrained/convnext_tiny_22k_224.pth"
 def trainer(name: str, monitor: str = "val_dice", patience: int = 30) -> dict[str, Any]:
     """Real-data trainer: 20-100 epochs, best checkpoint on val Dice, early stopping (``methods.md`` §7).
 
+    Every shipped config saves ``last.ckpt`` (``save_last``), which ``--ckpt_path last`` resumes from.
+
     bf16 mixed precision (with channels-last networks, see ``encoders``) is the default for GPU runs; pass
     ``--trainer.precision 32-true`` to reproduce the references' fp32 exactly.
     """
@@ -52,8 +54,10 @@ def trainer(name: str, monitor: str = "val_dice", patience: int = 30) -> dict[st
 
 
 def budget(ratio: float) -> str:
-    """The step budget of an epoch: one pass over the unlabeled split below 100 % labels, for semi-supervised runs
-    and their supervised partners alike (the same optimizer steps and labeled batches), else one labeled pass."""
+    """The step budget of an epoch: one unlabeled pass below 100 % labels, else one labeled pass.
+
+    Semi-supervised runs and their supervised partners alike (the same optimizer steps and labeled batches).
+    """
     return "unlabeled_pass" if ratio < 1.0 else "labeled_pass"
 
 
@@ -144,7 +148,7 @@ def semimedref(backbone: str, dataset: str, ratio: float, name: str | None = Non
 
 # Paper Table 2 (QaTa, MMI-UNet): component rows; Table 3: augmentation / alignment rows.
 OFF = {"use_teacher": False, "text_aug": "none", "mix": "none", "contrastive": "none", "image_strong": False}
-TABLE2 = {
+TABLE2: dict[str, dict[str, Any]] = {
     "baseline": OFF,
     "ts_ema": {**OFF, "use_teacher": True, "image_strong": True},
     "posaug": {"text_aug": "posaug", "mix": "none", "contrastive": "none"},
@@ -152,7 +156,7 @@ TABLE2 = {
     "itcl": {},
 }
 TS = {"use_teacher": True, "image_strong": True, "text_aug": "none", "mix": "none", "contrastive": "none"}
-TABLE3 = {
+TABLE3: dict[str, dict[str, Any]] = {
     "textstrong": {**TS, "text_aug": "textstrong"},
     "cutmix": {**TS, "mix": "cutmix"},
     "spc": {**TS, "spc": True},
@@ -177,7 +181,7 @@ TEXTMOE_PAPER = {
     "diff_mode": "squared_cosine",
 }
 # TextMoE paper Table 2 (composite QaTa + MosMed): component rows, in order.
-TEXTMOE_TABLE2 = {
+TEXTMOE_TABLE2: dict[str, dict[str, Any]] = {
     "sup_only": {"use_teacher": False, "exchange_mode": "none", "lambda_diff": 0.0},
     "plain_moe": {"expert": "plain", "exchange_mode": "none", "lambda_diff": 0.0},
     "tmoe": {"exchange_mode": "none", "lambda_diff": 0.0},
@@ -252,7 +256,7 @@ def demo(method: str) -> dict[str, Any]:
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"monitor": "val_dice", "mode": "max", "filename": "best"},
+                    "init_args": {"monitor": "val_dice", "mode": "max", "filename": "best", "save_last": True},
                 }
             ],
         },

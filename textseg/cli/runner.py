@@ -22,6 +22,11 @@ EXIT_NONFINITE = 1
 def run_guarded(args: Any, command: list[str] | None) -> None:
     """Run LightningCLI; turn input errors and non-finite losses into one message and an exit code.
 
+    Run-folder problems are input errors too: a folder in use or holding an earlier run, and
+    :class:`~textseg.engine.runfolder.RunFileError` (``cannot write <path>: <cause>``), which
+    :class:`~textseg.cli.lightning.TextSegCLI` raises for an ``OSError`` while writing run files (a full disk, a
+    read-only folder, a run dir that is a file).
+
     Args:
         args: Arguments for LightningCLI (a list of strings or a dict).
         command: The command line to record in the run card (``None`` for a dict).

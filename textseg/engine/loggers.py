@@ -8,12 +8,18 @@ and a run resumed from a checkpoint into its own folder loses the metrics of the
 * **resumed run** (the module calls :meth:`CSVLogger.resume_at` with the checkpoint's step): keeps the rows up to
   that step, drops the ones logged after it (they are logged again) and appends -- the file ends as the
   uninterrupted run's;
-* **new run** into a used folder: replaces the file, as Lightning does.
+* **validate/test/predict** into a run's folder (the CLI calls :meth:`CSVLogger.keep_earlier`): keeps every row and
+  appends, and leaves the fit's ``hparams.yaml`` as it is;
+* **new run** into a used folder (``--run_dir_exists overwrite`` deletes the earlier file first): replaces the file,
+  as Lightning does.
+
+``textseg fit`` refuses a folder that holds an earlier run unless it resumes it (``docs/guide.md``, "Run folders").
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
@@ -28,14 +34,26 @@ class _KeepingWriter(ExperimentWriter):
 
     def __init__(self, log_dir: str) -> None:
         self.resume_step: int | None = None
+        self.append = False
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:
         """Only note whether an earlier ``metrics.csv`` exists (Lightning deletes it here)."""
         self._earlier = self._fs.isfile(self.metrics_file_path)
 
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        """Record the hyper-parameters; write ``hparams.yaml`` unless appending to a run that has one."""
+        if self.append and self._fs.isfile(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)):
+            self.hparams.update(params)
+            return
+        super().log_hparams(params)
+
     def _settle_earlier(self) -> None:
         self._earlier = False
+        if self.append:
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(csv.DictReader(file).fieldnames or [])
+            return
         if self.resume_step is None:
             self._fs.rm_file(self.metrics_file_path)
             return
@@ -70,6 +88,12 @@ class CSVLogger(_LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _KeepingWriter(log_dir=self.log_dir)
         return self._experiment
+
+    def keep_earlier(self) -> None:
+        """Append to an earlier ``metrics.csv`` and keep its ``hparams.yaml`` (validate/test/predict into a run)."""
+        writer = self.experiment
+        if isinstance(writer, _KeepingWriter):
+            writer.append = True
 
     def resume_at(self, step: int) -> None:
         """Continue the earlier ``metrics.csv`` up to ``step`` (called when training resumes from a checkpoint)."""

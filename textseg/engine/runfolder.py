@@ -1,0 +1,407 @@
+"""The run folder of a run: one owner at a time, no silent replacement of an earlier run, atomic writes.
+
+The "Run folders" section of ``docs/guide.md`` describes the behaviour for users. :class:`RunFolder` is taken by
+``textseg`` (rank 0) before anything is written:
+
+* **lock**: ``<run dir>/.lock``, held with ``flock`` for the whole command; a second command into the same folder
+  fails at once, naming the holder (pid, host, start time). The kernel drops the lock when its holder dies, so a
+  killed or pre-empted run never leaves a stale lock behind; the file is removed when the command ends;
+* **earlier run**: ``fit`` into a folder that holds a run's records (:data:`FIT_RECORDS`, checkpoints) is refused unless
+  it resumes from one of that folder's checkpoints, or the user chose ``new_version`` (the next free
+  ``<run dir>_vN``) or ``overwrite`` (the earlier records and checkpoints are deleted first, and named);
+* **versioned folders** (no ``--run_dir``): :func:`reserve_version` creates the logger's next ``version_N`` folder
+  with one atomic ``mkdir``, so two runs started at once never share one.
+
+Run files are written atomically (:func:`atomic_write`, :class:`AtomicCheckpointIO`: a temporary file beside the
+target, then ``os.replace``), and an ``OSError`` while writing them becomes one :class:`RunFileError`
+(``cannot write <path>: <cause>``, see :func:`write_error`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import os
+import shutil
+import socket
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from textseg.errors import DataError
+
+__all__ = [
+    "EXISTS_CHOICES",
+    "FIT_RECORDS",
+    "LOCK_FILE",
+    "AtomicCheckpointIO",
+    "AtomicSaveConfig",
+    "RunFileError",
+    "RunFolder",
+    "atomic_write",
+    "earlier_run",
+    "reserve_version",
+    "write_error",
+]
+
+#: Files that show a folder holds a run (``fit``'s records, and a test's metrics).
+FIT_RECORDS = (
+    "config.yaml",
+    "hparams.yaml",
+    "metrics.csv",
+    "run_card.json",
+    "split.json",
+    "test_metrics.json",
+    "model_card.md",
+)
+#: The lock file inside a run folder.
+LOCK_FILE = ".lock"
+#: Choices of ``--run_dir_exists``: what ``fit`` does with a folder that holds an earlier run.
+EXISTS_CHOICES = ("error", "new_version", "overwrite")
+RunDirExists = Literal["error", "new_version", "overwrite"]
+#: Errors that only writing raises: a run hitting them anywhere could not write its files.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+#: Suffix of the temporary file of an atomic write (never ``.ckpt``: Lightning's ``last`` lookup ignores it).
+TMP_SUFFIX = ".tmp"
+
+
+class RunFileError(DataError):
+    """A run file or folder cannot be written: ``cannot write <path>: <cause>``.
+
+    Args:
+        path: The file or folder.
+        cause: Why (the OS's ``strerror``).
+    """
+
+    def __init__(self, path: str | Path, cause: str) -> None:
+        self.path = str(path)
+        super().__init__(f"cannot write {path}: {cause}")
+
+    @classmethod
+    def from_oserror(cls, exc: OSError, path: str | Path | None = None) -> RunFileError:
+        """The error for ``exc`` raised while writing ``path`` (default: the file named by ``exc``)."""
+        target = path if path is not None else (exc.filename if exc.filename is not None else "a run file")
+        cause = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__)
+        return cls(target, cause)
+
+
+def _within(path: str | Path, folder: Path) -> bool:
+    try:
+        return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+    except (TypeError, ValueError):
+        return False
+
+
+def write_error(exc: BaseException, folders: Sequence[str | Path]) -> RunFileError | None:
+    """The :class:`RunFileError` for an ``OSError`` raised while writing run files; ``None`` for other errors.
+
+    An ``OSError`` is a run-file write error when it names a file inside one of ``folders`` (the run's folders), or
+    when its errno only ever comes from writing (a full disk or quota, a read-only file system, a file too large).
+
+    Args:
+        exc: The exception (anything; only ``OSError`` can match).
+        folders: The run's folders.
+    """
+    if isinstance(exc, RunFileError) or not isinstance(exc, OSError):
+        return None
+    named = exc.filename is not None and any(_within(exc.filename, Path(f)) for f in folders)
+    if named or exc.errno in WRITE_ERRNOS:
+        return RunFileError.from_oserror(exc)
+    return None
+
+
+def atomic_write(path: str | Path, data: bytes | memoryview | str) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it and ``os.replace``: all of it or nothing.
+
+    Args:
+        path: The file.
+        data: Its content (``str`` is written as UTF-8).
+
+    Returns:
+        The path written.
+
+    Raises:
+        RunFileError: Naming ``path`` and the cause when it cannot be written (the temporary file is removed).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    if path.parent.exists() and not path.parent.is_dir():
+        raise RunFileError(path, os.strerror(errno.ENOTDIR))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as file:
+            file.write(payload)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the folder itself is not writable (or not a folder): no temporary file was made
+        raise RunFileError.from_oserror(exc, path) from exc
+    return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's :class:`~lightning.fabric.plugins.io.torch_io.TorchCheckpointIO`, writing each file atomically.
+
+    A checkpoint is serialised in memory, written to ``<path>.tmp`` and renamed over ``<path>``: an interrupted or
+    failed save (a full disk) never leaves a truncated ``.ckpt``, and an earlier checkpoint of that name survives it.
+    Remote paths (``s3://``...) are saved by Lightning's own writer. ``textseg`` installs it in every run.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Save ``checkpoint`` to ``path`` atomically.
+
+        Raises:
+            RunFileError: When the file cannot be written (no partial file is left).
+        """
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(path, buffer.getbuffer())
+
+
+class AtomicSaveConfig(SaveConfigCallback):
+    """LightningCLI's :class:`~lightning.pytorch.cli.SaveConfigCallback`, writing the config file atomically.
+
+    Same arguments; the config is always written (``overwrite`` is ignored: :class:`RunFolder` decides whether a
+    folder may be written), as one YAML file (``multifile`` is ignored).
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Write ``<log dir>/<config_filename>`` on rank 0 (once per command)."""
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank asks
+        if trainer.is_global_zero:
+            if self.save_to_log_dir and log_dir is not None:
+                text = self.parser.dump(self.config, skip_none=False)
+                if "://" in log_dir:  # a remote folder: fsspec's own write
+                    fs = get_filesystem(log_dir)
+                    fs.makedirs(log_dir, exist_ok=True)
+                    with fs.open(f"{log_dir.rstrip('/')}/{self.config_filename}", "w") as file:
+                        file.write(text)
+                else:
+                    atomic_write(Path(log_dir) / self.config_filename, text)
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+def earlier_run(folder: Path) -> list[str]:
+    """What in ``folder`` shows an earlier run: its records (:data:`FIT_RECORDS`) and checkpoints; empty if none."""
+    found = [name for name in FIT_RECORDS if (folder / name).exists()]
+    ckpts = sorted((folder / "checkpoints").glob("*.ckpt")) if (folder / "checkpoints").is_dir() else []
+    if ckpts:
+        found.append(f"checkpoints/ ({', '.join(p.name for p in ckpts)})")
+    return found
+
+
+def reserve_version(root: str | Path) -> int:
+    """Create the next free ``root/version_N`` folder (Lightning's numbering) with one atomic ``mkdir``; return N.
+
+    Two runs started at once both list the existing versions, but only one ``mkdir`` of a name succeeds; the other
+    takes the next number.
+
+    Raises:
+        RunFileError: When ``root`` cannot be created or written.
+    """
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        names = [p.name[len("version_") :] for p in root.iterdir() if p.name.startswith("version_")]
+        version = max((int(n) for n in names if n.isdigit()), default=-1) + 1
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                return version
+            except FileExistsError:
+                version += 1
+    except OSError as exc:
+        raise RunFileError.from_oserror(exc, root) from exc
+
+
+def _next_free(folder: Path) -> Path:
+    """Create and return the first free ``<folder>_v2``, ``<folder>_v3``..."""
+    number = 2
+    while True:
+        candidate = folder.with_name(f"{folder.name}_v{number}")
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            number += 1
+        except OSError as exc:
+            raise RunFileError.from_oserror(exc, candidate) from exc
+
+
+class RunFolder:
+    """Exclusive use of one run folder for one command (see the module docstring).
+
+    Args:
+        path: The folder (created if missing).
+        created: The caller created it (it is removed at :meth:`release` if still empty).
+    """
+
+    def __init__(self, path: str | Path, created: bool = False) -> None:
+        self.path = Path(path)
+        self.created = created
+        self._fd: int | None = None
+
+    # ------------------------------------------------------------------------------------------------- taking
+    @classmethod
+    def claim(
+        cls,
+        path: str | Path,
+        fit: bool,
+        resume_from: str | None = None,
+        exists: RunDirExists = "error",
+        created: bool = False,
+    ) -> RunFolder:
+        """Take ``path`` for a command: create it, lock it and, for ``fit``, refuse or settle an earlier run.
+
+        Args:
+            path: The run folder.
+            fit: The command trains (only ``fit`` cares about an earlier run; the others add files to it).
+            resume_from: ``fit``'s ``--ckpt_path``: a special value (``last``...) or a file inside ``path`` resumes
+                the folder's run; anything else is a new run.
+            exists: What ``fit`` does with an earlier run in ``path``: refuse (``error``), write into the next free
+                ``<path>_vN`` (``new_version``), or delete its records and checkpoints first (``overwrite``).
+            created: The caller just created ``path`` (:func:`reserve_version`): remove it at release if empty.
+
+        Returns:
+            The locked folder (another one for ``new_version``; see :attr:`path`).
+
+        Raises:
+            RunFileError: ``path`` is a file or cannot be created or written.
+            DataError: Another command holds ``path``, or it holds an earlier run (``exists="error"``).
+        """
+        folder = cls._open(Path(path))
+        folder.created |= created
+        try:
+            folder.lock()
+            earlier = earlier_run(folder.path) if fit and not _resumes(resume_from, folder.path) else []
+        except RunFileError:
+            folder.release()
+            raise
+        except DataError:  # in use by another command: new_version goes beside it, anything else stops
+            if exists != "new_version" or not fit:
+                folder.release()
+                raise
+            earlier = ["a running command's lock"]
+        if not earlier:
+            return folder
+        if exists == "error":
+            folder.release()
+            resumed = f"--ckpt_path {resume_from} is not one of its checkpoints; " if resume_from else ""
+            raise DataError(
+                f"run dir {folder.path} already holds a run ({', '.join(earlier)}); {resumed}resume it with "
+                "--ckpt_path last (or one of its checkpoints), choose another --run_dir, or pass --run_dir_exists "
+                "new_version (write into the next free <run_dir>_vN) or --run_dir_exists overwrite (delete it first)"
+            )
+        if exists == "new_version":
+            folder.release()
+            fresh = cls(_next_free(folder.path), created=True)
+            fresh.lock()
+            rank_zero_info(f"textseg: run dir {folder.path} already holds a run; this run writes into {fresh.path}")
+            return fresh
+        folder.clear_earlier(earlier)
+        return folder
+
+    @classmethod
+    def _open(cls, path: Path) -> RunFolder:
+        if path.exists() and not path.is_dir():
+            raise RunFileError(path, os.strerror(errno.ENOTDIR))
+        created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFileError.from_oserror(exc, path) from exc
+        return cls(path, created=created)
+
+    def lock(self) -> None:
+        """Take ``.lock`` (``flock``, non-blocking), recording who holds it.
+
+        Raises:
+            DataError: Another command holds it.
+            RunFileError: The folder cannot be written.
+        """
+        lock_path = self.path / LOCK_FILE
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise RunFileError.from_oserror(exc, self.path) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 512).decode("utf-8", "replace").strip() or "unknown"
+                os.close(fd)
+                raise DataError(
+                    f"run dir {self.path} is in use by another textseg command ({holder}; lock file {lock_path}); "
+                    "wait for it to finish or choose another --run_dir"
+                ) from None
+            except OSError as exc:  # a file system without locks (some network mounts): go on, unlocked
+                rank_zero_warn(f"textseg: cannot lock {lock_path} ({exc.strerror}); two runs could share {self.path}")
+            try:  # the previous holder may have removed the file between our open and our flock
+                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
+        except OSError as exc:
+            os.close(fd)
+            raise RunFileError.from_oserror(exc, lock_path) from exc
+        self._fd = fd
+
+    def clear_earlier(self, earlier: Sequence[str] = ()) -> None:
+        """Delete the earlier run's records and checkpoints (``--run_dir_exists overwrite``), saying what went."""
+        for name in FIT_RECORDS:
+            (self.path / name).unlink(missing_ok=True)
+        ckpt_dir = self.path / "checkpoints"
+        if ckpt_dir.is_dir():
+            shutil.rmtree(ckpt_dir)
+        rank_zero_info(
+            f"textseg: --run_dir_exists overwrite: deleted the earlier run in {self.path}: {', '.join(earlier)}"
+        )
+
+    # ----------------------------------------------------------------------------------------------- release
+    def release(self) -> None:
+        """Remove and unlock ``.lock``; remove the folder too if this command created it and left it empty."""
+        if self._fd is not None:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+        if self.created:
+            try:
+                self.path.rmdir()  # only when empty: a failed run leaves no folder behind
+            except OSError:
+                pass
+
+
+def _resumes(ckpt_path: str | None, folder: Path) -> bool:
+    """``fit --ckpt_path`` continues ``folder``'s run: a value Lightning resolves in it, or a file inside it."""
+    if not ckpt_path:
+        return False
+    if "/" not in ckpt_path and ckpt_path.split(":", 1)[0] in ("last", "best", "hpc", "registry"):
+        return True
+    return _within(ckpt_path, folder)
