@@ -17,7 +17,7 @@ from fakedata import write_png
 from PIL import Image
 from tinyrun import tiny_args
 
-from textseg.cli.grid import build_runs, expand_grid, load_sweep, parse_overrides
+from textseg.cli.grid import build_runs, expand_grid, load_sweep, parse_overrides, rerun_args
 from textseg.cli.main import main
 from textseg.data.datamodule import TextSegDataModule
 from textseg.engine.overlays import render_overlay
@@ -361,3 +361,17 @@ def test_cli_loggers_and_run_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         run=False,
     )
     assert Path(cli.trainer.log_dir) == tmp_path / "exact" and cli.datamodule.hparams.seed == 5
+
+
+def test_grid_reruns_into_used_folders(tmp_path: Path) -> None:
+    """A rerun combination resumes from its last.ckpt, or replaces a finished run (textseg fit refuses used folders)."""
+    fresh = tmp_path / "fresh"
+    assert rerun_args(fresh) == []
+    interrupted = tmp_path / "interrupted"
+    (interrupted / "checkpoints").mkdir(parents=True)
+    (interrupted / "config.yaml").write_text("{}")
+    assert rerun_args(interrupted) == ["--run_dir_exists=overwrite"]  # no checkpoint to resume from
+    (interrupted / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert rerun_args(interrupted) == ["--ckpt_path=last"]
+    (interrupted / "test_metrics.json").write_text("{}")  # finished: only --force reruns it
+    assert rerun_args(interrupted) == ["--run_dir_exists=overwrite"]

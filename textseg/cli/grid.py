@@ -34,7 +34,17 @@ import yaml
 
 from textseg.errors import DataError
 
-__all__ = ["GridRun", "build_runs", "expand_grid", "format_value", "load_sweep", "main", "parse_overrides", "run_grid"]
+__all__ = [
+    "GridRun",
+    "build_runs",
+    "expand_grid",
+    "format_value",
+    "load_sweep",
+    "main",
+    "parse_overrides",
+    "rerun_args",
+    "run_grid",
+]
 
 #: W&B's default sweep command.
 DEFAULT_COMMAND: tuple[str, ...] = ("${env}", "${interpreter}", "${program}", "${args}")
@@ -316,7 +326,9 @@ def run_grid(
             entry["status"] = "dry run"
             continue
         begin = time.monotonic()
-        code = _execute(run.command, in_process)
+        command = [*run.command, *rerun_args(run.run_dir)] if _textseg_args(run.command) is not None else run.command
+        entry["command"] = command
+        code = _execute(command, in_process)
         entry.update(status="ok" if code == 0 else "failed", returncode=code, seconds=round(time.monotonic() - begin))
         if code != 0:
             failed += 1
@@ -331,6 +343,22 @@ def run_grid(
         f"({counts['ok']} ok, {counts['failed']} failed), {counts['done']} already finished"
     )
     return 1 if failed else 0
+
+
+def rerun_args(run_dir: Path) -> list[str]:
+    """What a combination's command needs to run again into a folder that holds an earlier run of it.
+
+    ``textseg fit`` refuses a run folder that holds a run (``docs/guide.md``, "Run folders"). An interrupted
+    combination with a ``last.ckpt`` resumes from it (``--ckpt_path=last``); a finished one rerun with ``--force``, or
+    an interrupted one without a checkpoint, replaces its folder (``--run_dir_exists=overwrite``).
+    """
+    checkpoints = run_dir / "checkpoints"
+    records = ("config.yaml", "metrics.csv", "run_card.json", "split.json", DONE_FILE)
+    if not any((run_dir / name).exists() for name in records) and not checkpoints.is_dir():
+        return []
+    if not (run_dir / DONE_FILE).exists() and (checkpoints / "last.ckpt").is_file():
+        return ["--ckpt_path=last"]
+    return ["--run_dir_exists=overwrite"]
 
 
 def _execute(command: Sequence[str], in_process: bool) -> int:
