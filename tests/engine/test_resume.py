@@ -1,4 +1,4 @@
-"""Resume equals uninterrupted: a run killed mid-epoch and resumed from its last checkpoint ends bit-identical.
+"""Resume equals uninterrupted: a run stopped at any point and resumed from its last checkpoint ends bit-identical.
 
 Each run is a real ``python -m textseg fit`` subprocess (tiny networks, synthetic data, ``--trainer.deterministic``),
 checkpointing every 3 optimizer steps (``last.ckpt``) into ``--run_dir``. Interrupted runs get
@@ -7,7 +7,12 @@ checkpointing every 3 optimizer steps (``last.ckpt``) into ``--run_dir``. Interr
 * **SIGKILL** after 7 optimizer steps (epoch 1 of 4-step epochs, after the unlabeled branch has started): nothing runs
   after it; the run is resumed with ``--ckpt_path last`` from the step-6 checkpoint, mid-epoch;
 * **SIGTERM** (SLURM pre-emption) after 5 steps: :class:`~textseg.engine.checkpointing.ResumeState` saves
-  ``last.ckpt`` after the batch in flight (step 6) and the process exits with code 143; it is resumed the same way.
+  ``last.ckpt`` after the batch in flight (step 6) and the process exits with code 143; it is resumed the same way;
+* **SIGTERM at the epoch boundary**: before the last training batch of epoch 0; ``last.ckpt`` is saved after it
+  (step 4), before the epoch's validation, and marked "validation pending": the resumed run validates epoch 0 first;
+* **SIGTERM during validation** (epoch 1's): saved at step 8 with the validation pending, re-run on resume;
+* **SIGTERM during a checkpoint save** (``best.ckpt`` at the end of epoch 0, after its validation): the save
+  finishes, Lightning stops after the epoch, and ``last.ckpt`` is saved there (exit 143, not 0).
 
 Compared with the uninterrupted run: every tensor of the final checkpoint (student, EMA teacher, buffers; and the
 optimizer state) is bit-identical, and so are the validation metrics of every epoch (``metrics.csv`` is continued by
@@ -70,21 +75,33 @@ def run(args: list[str], expect: int = 0) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def interrupted(data: Path, run_dir: Path, signal_name: str, step: int, code: int) -> int:
-    """Run with ``SignalAtStep`` (exit ``code``), then resume from ``last`` to the end; return the resumed step."""
+def stop(data: Path, run_dir: Path, signal_name: str, step: int, code: int, *where: str) -> dict[str, Any]:
+    """Run with ``SignalAtStep`` (``where``: its other arguments) until it exits ``code``; return ``last.ckpt``."""
     marker = run_dir.parent / f"{run_dir.name}.signalled"
     signal_args = [
         "--trainer.callbacks+=interrupt.SignalAtStep",
         "--trainer.callbacks.step", str(step),
         "--trainer.callbacks.marker", str(marker),
         "--trainer.callbacks.signal_name", signal_name,
+        *where,
     ]  # fmt: skip
     run(fit_args(data, run_dir, *signal_args), expect=code)
     assert marker.exists()
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    last: dict[str, Any] = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert 0 < last["global_step"] < EPOCHS * STEPS_PER_EPOCH
+    return last
+
+
+def resume(data: Path, run_dir: Path) -> None:
+    """Resume ``run_dir`` from ``last`` to the end, then test its best checkpoint."""
+    run(fit_args(data, run_dir, "--ckpt_path", "last", "--test_after_fit", "true"))
+
+
+def interrupted(data: Path, run_dir: Path, signal_name: str, step: int, code: int) -> int:
+    """Interrupt mid-epoch (:func:`stop`), then resume to the end; return the resumed step."""
+    last = stop(data, run_dir, signal_name, step, code)
     assert last["global_step"] % STEPS_PER_EPOCH != 0, "the interruption must be mid-epoch"
-    run(fit_args(data, run_dir, *signal_args, "--ckpt_path", "last", "--test_after_fit", "true"))
+    resume(data, run_dir)
     return int(last["global_step"])
 
 
@@ -102,12 +119,24 @@ def csv_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of this module's runs (the synthetic data in ``synthetic/``)."""
+    return tmp_path_factory.mktemp("resume")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base: Path) -> Path:
+    """The uninterrupted run (tested after fit)."""
+    run(fit_args(base / "synthetic", base / "uninterrupted", "--test_after_fit", "true"))
+    return base / "uninterrupted"
+
+
+@pytest.fixture(scope="module")
+def runs(base: Path, uninterrupted: Path) -> dict[str, Any]:
     """The uninterrupted run and the SIGKILL- and SIGTERM-interrupted ones, all resumed to the end."""
-    base = tmp_path_factory.mktemp("resume")
     data = base / "synthetic"
-    dirs: dict[str, Any] = {name: base / name for name in ("uninterrupted", "sigkill", "sigterm")}
-    run(fit_args(data, dirs["uninterrupted"], "--test_after_fit", "true"))
+    dirs: dict[str, Any] = {name: base / name for name in ("sigkill", "sigterm")}
+    dirs["uninterrupted"] = uninterrupted
     dirs["resumed_at"] = {
         "sigkill": interrupted(data, dirs["sigkill"], "SIGKILL", step=7, code=-9),
         "sigterm": interrupted(data, dirs["sigterm"], "SIGTERM", step=5, code=143),
@@ -148,3 +177,46 @@ def test_resumed_metrics_are_identical(runs: dict[str, Any], name: str) -> None:
 def test_resumed_from_the_expected_step(runs: dict[str, Any]) -> None:
     """SIGKILL after step 7 loses step 7 (last checkpoint: step 6); SIGTERM before step 6's batch saves after it."""
     assert runs["resumed_at"] == {"sigkill": 6, "sigterm": 6}
+
+
+#: SIGTERM at the points Lightning alone resumed wrongly: name -> (step, SignalAtStep arguments, saved step, pending).
+STOPS: dict[str, tuple[int, list[str], int, bool]] = {
+    # before the last batch of epoch 0: saved after it, before the epoch's validation
+    "epoch_end": (STEPS_PER_EPOCH - 1, [], STEPS_PER_EPOCH, True),
+    # during epoch 1's validation (its only batch)
+    "validation": (2 * STEPS_PER_EPOCH, ["--trainer.callbacks.when", "validation_batch_start"], 8, True),
+    # while the best checkpoint of epoch 0 is written (after its validation)
+    "saving": (STEPS_PER_EPOCH, ["--trainer.callbacks.when", "save_checkpoint"], STEPS_PER_EPOCH, False),
+}
+
+
+@pytest.fixture(scope="module", params=list(STOPS))
+def stopped(request: pytest.FixtureRequest, base: Path) -> tuple[str, Path, dict[str, Any]]:
+    """A run stopped by SIGTERM at one of :data:`STOPS` (exit 143), resumed to the end; its ``last.ckpt`` then."""
+    name = request.param
+    step, where, _, _ = STOPS[name]
+    run_dir = base / f"stop_{name}"
+    last = stop(base / "synthetic", run_dir, "SIGTERM", step, 143, *where)
+    resume(base / "synthetic", run_dir)
+    return name, run_dir, last
+
+
+def test_stop_saves_where_expected(stopped: tuple[str, Path, dict[str, Any]]) -> None:
+    """The pre-emption checkpoint is of the batch in flight and says whether the epoch's validation is pending."""
+    name, _, last = stopped
+    _, _, saved_step, pending = STOPS[name]
+    assert last["global_step"] == saved_step
+    assert last["textseg_resume"] == {"validation_pending": pending}
+
+
+def test_stop_anywhere_resumes_exactly(uninterrupted: Path, stopped: tuple[str, Path, dict[str, Any]]) -> None:
+    """Same validation rows (every epoch, same values), same train rows, same final weights, same test metrics."""
+    _, run_dir, _ = stopped
+    ref_val, got_val = val_rows(uninterrupted), val_rows(run_dir)
+    assert sorted(ref_val) == list(range(EPOCHS)) and got_val == ref_val
+    assert csv_rows(run_dir) == csv_rows(uninterrupted)
+    ref, got = final_state(uninterrupted), final_state(run_dir)
+    different = [k for k, v in ref["state_dict"].items() if not torch.equal(v, got["state_dict"][k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    ref_test = json.loads((uninterrupted / "test_metrics.json").read_text())["metrics"]
+    assert json.loads((run_dir / "test_metrics.json").read_text())["metrics"] == ref_test
