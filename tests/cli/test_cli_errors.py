@@ -9,8 +9,8 @@ thing broken. Most cases run in-process (``textseg.cli.main.main``); two run thr
 console path. Two more tests check that a failing run leaves a good earlier run directory and a good prediction folder
 byte-identical.
 
-A case whose fix is missing can be marked as a strict expected failure with a reason starting with ``GAP`` (one is:
-an empty test split under ``--test_after_fit`` is refused only after training until the CLI tells the DataModule).
+A case whose fix is missing can be marked as a strict expected failure with a reason starting with ``GAP`` (none is
+now).
 """
 
 from __future__ import annotations
@@ -423,7 +423,6 @@ CASES = [
         "mosmed",
         empty_test_split_after_fit,
         "TextSegDataModule.setup('fit') with test_after_fit (validate_dataset)",
-        gap="GAP: textseg/cli/lightning.py must set datamodule.test_after_fit before fit (refused after training now)",
     ),
     Case("batch-size-zero", "fit", "qata", batch_size_zero, "TextSegDataModule.__init__ (check_range)"),
     Case("image-size-zero", "fit", "qata", image_size_zero, "TextSegDataModule.__init__ (check_range)"),

@@ -64,3 +64,24 @@ def test_nothing_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert preflight(predict, "predict") == [
         f"predict image folder {tmp_path / 'p'} does not exist (--data.predict_images)"
     ]
+
+
+def test_fit_reports_everything_before_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real-data config on a machine without the data, the weights or the network: one error, three problems."""
+    from textseg.cli.main import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # the config's relative vision checkpoint path does not exist here
+    repo = Path(__file__).resolve().parents[2]
+    args = ["fit", "--config", str(repo / "configs" / "semimedref_mmiunet.yaml"), "--data.root", str(tmp_path / "no")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--trainer.default_root_dir", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "textseg: error: 3 things this run needs are missing:" in err
+    assert f"data root {tmp_path / 'no'} for qata does not exist" in err
+    assert "'microsoft/BiomedVLP-CXR-BERT-specialized' is not in the Hugging Face cache" in err
+    assert "vision checkpoint pretrained/convnext_tiny_22k_224.pth does not exist" in err
+    assert not (tmp_path / "runs").exists()  # nothing was built or written

@@ -6,21 +6,27 @@ importing Lightning, MONAI and transformers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer, seed_everything
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary, RichModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from textseg.cli.preflight import check_run
 from textseg.data.datamodule import TextSegDataModule
-from textseg.engine import checkpointing
+from textseg.engine import checkpointing, runfolder
 from textseg.engine.predictions import MaskWriter
 from textseg.engine.progress import EpochSummary, wants_epoch_lines
+from textseg.engine.quiet import ParamSummary
 from textseg.engine.runcard import RunCardCallback
 from textseg.engine.wandb import TextSegWandbLogger
+from textseg.errors import DataError
 from textseg.methods import SemiMedRefModule, SupervisedModule, TextSegModule
 
 __all__ = [
@@ -32,6 +38,8 @@ __all__ = [
     "run_lightning_cli",
 ]
 
+#: The subcommands the preflight checks.
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: Loggers whose run directory ``--run_dir`` sets.
 _DIR_LOGGERS = ("CSVLogger", "TensorBoardLogger")
 #: Logger used by ``--run_dir`` when the config has none.
@@ -55,6 +63,11 @@ class TextSegCLI(LightningCLI):
     Every Lightning subcommand defaults ``--weights_only`` to ``True`` (:data:`WEIGHTS_ONLY_DEFAULT`), so
     ``--ckpt_path`` and ``--test_after_fit`` never unpickle arbitrary objects.
 
+    The command owns its run folder (:class:`~textseg.engine.runfolder.RunFolder`; ``docs/guide.md``, "Run
+    folders"): rank 0 locks it before anything is written and ``fit`` refuses a folder holding an earlier run unless
+    it resumes it or ``--run_dir_exists`` says otherwise; checkpoints and ``config.yaml`` are written atomically, and
+    an ``OSError`` while writing run files ends the command with one :class:`~textseg.engine.runfolder.RunFileError`.
+
     Args:
         *args: :class:`~lightning.pytorch.cli.LightningCLI` arguments.
         command: The command line recorded in ``run_card.json`` (default ``sys.argv``).
@@ -63,7 +76,17 @@ class TextSegCLI(LightningCLI):
 
     def __init__(self, *args: Any, command: Sequence[str] | None = None, **kwargs: Any) -> None:
         self._command = list(command) if command is not None else None
-        super().__init__(*args, **kwargs)
+        self._folder: runfolder.RunFolder | None = None
+        try:
+            super().__init__(*args, **kwargs)  # parses, instantiates and runs the subcommand
+        except OSError as exc:
+            error = runfolder.write_error(exc, [self._folder.path] if self._folder is not None else [])
+            if error is None:
+                raise
+            raise error from exc
+        finally:
+            if self._folder is not None:
+                self._folder.release()
 
     def setup_parser(
         self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
@@ -85,6 +108,20 @@ class TextSegCLI(LightningCLI):
             except KeyError:  # jsonargparse's NSKeyError: this Lightning has no ``weights_only`` argument
                 continue
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then run the preflight: every missing piece of the run at once, before anything is built.
+
+        The data root, encoder folders and Hub ids (offline), the vision checkpoint, the unlabeled/predict inputs
+        and a ``--ckpt_path`` file that does not exist (:mod:`textseg.cli.preflight`).
+
+        Raises:
+            DataError: Listing every problem.
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand in LIGHTNING_SUBCOMMANDS:
+            check_run(self.config[subcommand], str(subcommand))
+
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before anything runs, then let Lightning read its hyper-parameters.
 
@@ -100,16 +137,39 @@ class TextSegCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and str(path) not in _SPECIAL_CKPT and not str(path).startswith(_SPECIAL_CKPT):
-            self._check_ckpt_file(Path(path), str(self.config[subcommand].get("model.class_path") or ""))
+            model = self.config[subcommand]
+            self._check_ckpt_file(Path(path), str(model.get("model.class_path") or ""), model.get("model.init_args"))
         super()._parse_ckpt_path()
 
-    @staticmethod
-    def _check_ckpt_file(path: Path, model_class_path: str) -> None:
-        ckpt = checkpointing.read_checkpoint(path, mmap=True)
-        checkpointing.refuse_other_method(ckpt, model_class_path.rsplit(".", 1)[-1], f"checkpoint {path}")
+    def _check_ckpt_file(self, path: Path, model_class_path: str, init_args: Any = None) -> None:
+        """Refuse a ``--ckpt_path`` file of another method or network, or with NaN/inf weights, before it is used.
+
+        LightningCLI then builds the model from the checkpoint's arguments, so the network settings
+        (:data:`~textseg.engine.checkpointing.NETWORK_KEYS`) typed on the command line (``--model.init_args.backbone
+        mmiunet``) must match the checkpoint's, or the command stops naming them. Those that come from ``--config``
+        files or defaults (a config of the same method, with the run's overrides left out) are replaced by the
+        checkpoint's, with a warning naming them.
+
+        Raises:
+            DataError: Naming the file and the problem.
+        """
+        import sys
+
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        where = f"checkpoint {path}"
+        ckpt = checkpointing.read_checkpoint(path, mmap=True)  # refuses NaN/inf weights
+        checkpointing.refuse_other_method(ckpt, model_class_path.rsplit(".", 1)[-1], where)
+        configured = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args or {})
+        command = self._command if self._command is not None else sys.argv
+        typed = {str(arg)[2:].split("=", 1)[0].rsplit(".", 1)[-1] for arg in command if str(arg).startswith("--model.")}
+        replaced = checkpointing.refuse_other_network(ckpt, configured, where, keys=typed)
+        if replaced:
+            settings = ", ".join(f"{k}={saved!r} (configured: {wanted!r})" for k, (saved, wanted) in replaced.items())
+            rank_zero_warn(f"textseg: {where} was trained with {settings}; using the checkpoint's settings")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add ``--test_after_fit``, ``--seed`` and ``--run_dir``."""
+        """Add ``--test_after_fit``, ``--seed``, ``--run_dir`` and ``--run_dir_exists``."""
         parser.add_argument("--test_after_fit", type=bool, default=False, help="Run `test` on the best checkpoint.")
         parser.add_argument(
             "--seed",
@@ -123,6 +183,14 @@ class TextSegCLI(LightningCLI):
             type=str | None,
             default=None,
             help="Write the run into exactly this folder (sets the CSV/TensorBoard logger's save_dir, name, version).",
+        )
+        parser.add_argument(
+            "--run_dir_exists",
+            type=Literal["error", "new_version", "overwrite"],
+            default="error",
+            help="What fit does when the run folder already holds a run (and --ckpt_path does not resume it): "
+            "error (default), new_version (write into the next free <run_dir>_vN) or overwrite (delete the earlier "
+            "run's records and checkpoints first).",
         )
 
     # ----------------------------------------------------------------------------------------------- config
@@ -145,6 +213,7 @@ class TextSegCLI(LightningCLI):
         run_dir = config.get("run_dir")
         if run_dir:
             self._apply_run_dir(config, Path(run_dir))
+        self._claim_run_folder(config)
 
     @staticmethod
     def _logger_items(trainer: Any) -> list[Any]:
@@ -164,16 +233,55 @@ class TextSegCLI(LightningCLI):
 
         ``configs/logger/wandb.yaml`` appends a W&B logger; composed with a config without a logger it would be the
         only one, and ``split.json``/``test_metrics.json``/checkpoints would land in ``default_root_dir`` itself.
+        Lightning's default logger (``logger`` unset or ``true``) becomes textseg's CSV logger in the same place
+        (``<default_root_dir>/lightning_logs/version_N``), whose version :meth:`_claim_run_folder` reserves.
         """
         from jsonargparse import Namespace
 
         trainer = config["trainer"]
         items = self._logger_items(trainer)
-        if not items or any(self._is_dir_logger(i) for i in items):
+        if any(self._is_dir_logger(i) for i in items) or (not items and trainer.get("logger") not in (None, True)):
             return
         root = trainer.get("default_root_dir") or "."
         csv = Namespace(class_path=_DEFAULT_LOGGER, init_args=Namespace(save_dir=str(root), name="lightning_logs"))
         trainer["logger"] = [csv, *items]
+
+    def _claim_run_folder(self, config: Any) -> None:
+        """Lock the run folder on rank 0 (reserving the logger's next ``version_N`` when none is set).
+
+        The folder is ``--run_dir``, else the first CSV/TensorBoard logger's ``save_dir/name/version``; without
+        either (``--trainer.logger false``) nothing is claimed. ``fit`` into a folder holding an earlier run is
+        refused, resumed (``--ckpt_path``) or settled as ``--run_dir_exists`` says
+        (:meth:`textseg.engine.runfolder.RunFolder.claim`); a ``new_version`` folder replaces the configured one.
+        """
+        if not self.subcommand or getattr(rank_zero_only, "rank", 0) != 0:
+            return
+        trainer = config["trainer"]
+        reserved = False
+        if config.get("run_dir"):
+            folder = Path(config["run_dir"])
+        else:
+            loggers = [i for i in self._logger_items(trainer) if self._is_dir_logger(i)]
+            if not loggers:
+                return
+            args = loggers[0].get("init_args") or {}
+            root = Path(args.get("save_dir") or trainer.get("default_root_dir") or ".") / (args.get("name") or "")
+            version = args.get("version")
+            if version is None:
+                version = args["version"] = runfolder.reserve_version(root)
+                reserved = True
+            folder = root / (version if isinstance(version, str) else f"version_{version}")
+        self._folder = runfolder.RunFolder.claim(
+            folder,
+            fit=self.subcommand == "fit",
+            resume_from=config.get("ckpt_path"),
+            exists=config.get("run_dir_exists") or "error",
+            created=reserved,
+        )
+        if self._folder.path != folder:  # --run_dir_exists new_version
+            if config.get("run_dir"):
+                config["run_dir"] = str(self._folder.path)
+            self._apply_run_dir(config, self._folder.path)
 
     def _apply_run_dir(self, config: Any, run_dir: Path) -> None:
         """Point the first CSV/TensorBoard logger at ``run_dir`` (adding a CSV logger if the config has none)."""
@@ -200,10 +308,21 @@ class TextSegCLI(LightningCLI):
 
         A :class:`~textseg.engine.runcard.RunCardCallback` is added if the config has none. ``fit`` also gets an
         :class:`~textseg.engine.progress.EpochSummary` (one line per epoch on stdout) when stdout is not a terminal
-        (a SLURM log file) or ``TEXTSEG_EPOCH_LINES=1`` (``0``: never), unless the config has one.
+        (a SLURM log file) or ``TEXTSEG_EPOCH_LINES=1`` (``0``: never), unless the config has one. Checkpoints are
+        saved by :class:`~textseg.engine.runfolder.AtomicCheckpointIO` (unless the strategy has its own writer).
+        ``validate``/``test``/``predict`` into a folder holding a fit's ``config.yaml`` save their config as
+        ``<subcommand>_config.yaml`` beside it.
         """
+        folder = self._folder.path if self._folder is not None else None
+        if self.subcommand != "fit" and folder is not None and (folder / "config.yaml").exists():
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"{self.subcommand}_config.yaml"}
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = runfolder.AtomicCheckpointIO()
         callbacks: list[Any] = getattr(trainer, "callbacks", [])
+        for i, callback in enumerate(callbacks):  # Lightning's default summary: without the Mode and FLOPs noise
+            if type(callback) in (ModelSummary, RichModelSummary):
+                callbacks[i] = ParamSummary(max_depth=callback._max_depth)
         if not any(isinstance(cb, RunCardCallback) for cb in callbacks):
             callbacks.insert(0, RunCardCallback(command=self._command))
         if (
@@ -225,16 +344,58 @@ class TextSegCLI(LightningCLI):
             if isinstance(logger, TextSegWandbLogger):
                 logger.finish()
 
+    def _require_last(self) -> None:
+        """``--ckpt_path last`` without a last checkpoint is an error (Lightning would silently start afresh).
+
+        Raises:
+            DataError: Naming the folders looked in.
+        """
+        if self._subconfig().get("ckpt_path") != "last":
+            return
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a broadcast: every rank asks
+        places: dict[Path, str] = {}
+        for callback in self.trainer.checkpoint_callbacks:
+            folder = getattr(callback, "dirpath", None) or run_dir / "checkpoints"
+            places[Path(folder)] = str(getattr(callback, "CHECKPOINT_NAME_LAST", "last"))
+        places = places or {run_dir / "checkpoints": "last"}
+        for folder, name in places.items():
+            pattern = re.compile(rf"^{re.escape(name)}")
+            if folder.is_dir() and any(pattern.match(p.stem) for p in folder.glob("*.ckpt")):
+                return
+        where = ", ".join(str(f) for f in places)
+        raise DataError(
+            f"--ckpt_path last: no last checkpoint (last.ckpt) in {where}; the run's ModelCheckpoint needs "
+            "save_last: true (every shipped config has it), or give a checkpoint file to --ckpt_path"
+        )
+
+    def _keep_earlier_logs(self) -> None:
+        """validate/test/predict append to the run folder's ``metrics.csv`` and keep its ``hparams.yaml``."""
+        for logger in self.trainer.loggers:
+            keep = getattr(logger, "keep_earlier", None)
+            if callable(keep):
+                keep()
+
     def before_fit(self) -> None:
-        """Name the W&B run (group, tags) before it starts."""
+        """Check ``--ckpt_path last``; name the W&B run; with ``--test_after_fit``, have the data check the test split.
+
+        The DataModule refuses an empty split the run needs before training; with ``test_after_fit`` that includes
+        the test split, so a run never trains for hours to find nothing to test.
+        """
+        self._require_last()
         self._describe_wandb()
+        if self._subconfig().get("test_after_fit") and isinstance(self.datamodule, TextSegDataModule):
+            self.datamodule.test_after_fit = True
 
     def before_validate(self) -> None:
-        """Name the W&B run before it starts."""
+        """Check ``--ckpt_path last``; keep the run folder's logs; name the W&B run before it starts."""
+        self._require_last()
+        self._keep_earlier_logs()
         self._describe_wandb()
 
     def before_test(self) -> None:
-        """Name the W&B run before it starts."""
+        """Check ``--ckpt_path last``; keep the run folder's logs; name the W&B run before it starts."""
+        self._require_last()
+        self._keep_earlier_logs()
         self._describe_wandb()
 
     def before_predict(self) -> None:
@@ -246,6 +407,8 @@ class TextSegCLI(LightningCLI):
         yourself: ``--trainer.callbacks+=textseg.engine.predictions.MaskWriter --trainer.callbacks.output_dir DIR
         --trainer.callbacks.write_probs false --trainer.callbacks.write_overlays false``.
         """
+        self._require_last()
+        self._keep_earlier_logs()
         self._describe_wandb()
         callbacks: list[Any] = getattr(self.trainer, "callbacks")  # noqa: B009 (a property mypy does not see)
         writers = [cb for cb in callbacks if isinstance(cb, BasePredictionWriter)]
@@ -303,6 +466,7 @@ def run_lightning_cli(args: Any = None, command: Sequence[str] | None = None) ->
         TextSegModule,
         TextSegDataModule,
         subclass_mode_model=True,
+        save_config_callback=runfolder.AtomicSaveConfig,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": DESCRIPTION},
         args=args,
