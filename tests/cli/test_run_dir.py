@@ -114,11 +114,14 @@ def test_new_version_leaves_the_earlier_run(used: Path, caplog: pytest.LogCaptur
     assert yaml.safe_load((fresh / "config.yaml").read_text())["run_dir"] == str(fresh)
 
 
-def test_overwrite_deletes_the_earlier_run_first(used: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_overwrite_replaces_the_earlier_run(used: Path, caplog: pytest.LogCaptureFixture) -> None:
     before = files_under(used)
+    with pytest.raises(SystemExit) as failed:  # a run that cannot start never costs the earlier run
+        main(fit_args(used.parent, "--run_dir", str(used), "--run_dir_exists", "overwrite", "--data.batch_size", "0"))
+    assert failed.value.code == 2 and files_under(used) == before
     with caplog.at_level("INFO"):
         main(fit_args(used.parent, "--run_dir", str(used), "--run_dir_exists", "overwrite"))
-    assert f"deleted the earlier run in {used}: config.yaml" in caplog.text
+    assert f"the earlier run in {used} (config.yaml" in caplog.text
     after = files_under(used)
     assert set(after) == set(before) and after["checkpoints/best.ckpt"] != before["checkpoints/best.ckpt"]
     assert [int(r["epoch"]) for r in csv_rows(used / "metrics.csv") if "val_dice" in r] == [0]  # one run's, not two

@@ -123,7 +123,14 @@ def test_new_version_and_overwrite(tmp_path: Path) -> None:
     beside = RunFolder.claim(folder, fit=True, exists="new_version")
     assert beside.path == tmp_path / "run_v3"  # free again: the first run_v3 was released empty, and removed
     beside.release()
-    kept.release()
+    (folder / "split.json").write_text("the new run's")
+    kept.release()  # the new run never trained: the earlier run is put back, over what the new run wrote
+    assert sorted(earlier_run(folder)) == ["checkpoints/ (best.ckpt)", "config.yaml", "split.json"]
+    assert (folder / "split.json").read_text() == "x" and not (folder / ".overwritten").exists()
+    replaced = RunFolder.claim(folder, fit=True, exists="overwrite")
+    replaced.commit()  # the new run started training: the earlier run goes for good
+    replaced.release()
+    assert earlier_run(folder) == [] and not (folder / ".overwritten").exists()
 
 
 def test_run_dir_that_is_a_file(tmp_path: Path) -> None:

@@ -325,6 +325,8 @@ class TextSegCLI(LightningCLI):
                 callbacks[i] = ParamSummary(max_depth=callback._max_depth)
         if not any(isinstance(cb, RunCardCallback) for cb in callbacks):
             callbacks.insert(0, RunCardCallback(command=self._command))
+        if self._folder is not None:  # --run_dir_exists overwrite: the earlier run goes once training starts
+            callbacks.append(runfolder.CommitOverwrite(self._folder))
         if (
             self.subcommand == "fit"
             and wants_epoch_lines()

@@ -8,7 +8,8 @@ The "Run folders" section of ``docs/guide.md`` describes the behaviour for users
   killed or pre-empted run never leaves a stale lock behind; the file is removed when the command ends;
 * **earlier run**: ``fit`` into a folder that holds a run's records (:data:`FIT_RECORDS`, checkpoints) is refused unless
   it resumes from one of that folder's checkpoints, or the user chose ``new_version`` (the next free
-  ``<run dir>_vN``) or ``overwrite`` (the earlier records and checkpoints are deleted first, and named);
+  ``<run dir>_vN``) or ``overwrite`` (the earlier records and checkpoints are set aside in ``.overwritten/``, deleted
+  once the new run starts training (:class:`CommitOverwrite`) and put back if it fails before);
 * **versioned folders** (no ``--run_dir``): :func:`reserve_version` creates the logger's next ``version_N`` folder
   with one atomic ``mkdir``, so two runs started at once never share one.
 
@@ -33,7 +34,7 @@ from typing import Any, Literal
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -45,6 +46,7 @@ __all__ = [
     "LOCK_FILE",
     "AtomicCheckpointIO",
     "AtomicSaveConfig",
+    "CommitOverwrite",
     "RunFileError",
     "RunFolder",
     "atomic_write",
@@ -65,6 +67,8 @@ FIT_RECORDS = (
 )
 #: The lock file inside a run folder.
 LOCK_FILE = ".lock"
+#: Where ``--run_dir_exists overwrite`` keeps the earlier run until the new one starts training.
+ASIDE_DIR = ".overwritten"
 #: Choices of ``--run_dir_exists``: what ``fit`` does with a folder that holds an earlier run.
 EXISTS_CHOICES = ("error", "new_version", "overwrite")
 RunDirExists = Literal["error", "new_version", "overwrite"]
@@ -261,6 +265,7 @@ class RunFolder:
         self.path = Path(path)
         self.created = created
         self._fd: int | None = None
+        self._aside: Path | None = None
 
     # ------------------------------------------------------------------------------------------------- taking
     @classmethod
@@ -374,19 +379,57 @@ class RunFolder:
         self._fd = fd
 
     def clear_earlier(self, earlier: Sequence[str] = ()) -> None:
-        """Delete the earlier run's records and checkpoints (``--run_dir_exists overwrite``), saying what went."""
-        for name in FIT_RECORDS:
-            (self.path / name).unlink(missing_ok=True)
-        ckpt_dir = self.path / "checkpoints"
-        if ckpt_dir.is_dir():
-            shutil.rmtree(ckpt_dir)
+        """Set the earlier run aside (``--run_dir_exists overwrite``), saying what: into ``.overwritten/``.
+
+        It is deleted for good once the new run starts training (:meth:`commit`, called by
+        :class:`CommitOverwrite`) and put back if the command fails before that (bad data, a missing file...), so an
+        ``overwrite`` that cannot start never costs the earlier run.
+        """
+        aside = self.path / ASIDE_DIR
+        try:
+            if aside.exists():  # left by an overwrite that crashed: it was being replaced anyway
+                shutil.rmtree(aside)
+            aside.mkdir()
+            for name in (*FIT_RECORDS, "checkpoints"):
+                if (self.path / name).exists():
+                    os.replace(self.path / name, aside / name)
+        except OSError as exc:
+            raise RunFileError.from_oserror(exc) from exc
+        self._aside = aside
         rank_zero_info(
-            f"textseg: --run_dir_exists overwrite: deleted the earlier run in {self.path}: {', '.join(earlier)}"
+            f"textseg: --run_dir_exists overwrite: the earlier run in {self.path} ({', '.join(earlier)}) is replaced "
+            "once this run starts training"
         )
+
+    def commit(self) -> None:
+        """Delete the earlier run set aside by :meth:`clear_earlier` (the new run has started training)."""
+        aside, self._aside = self._aside, None
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+    def _restore(self) -> None:
+        """Put the earlier run back (the command failed before training), replacing what this command wrote."""
+        aside, self._aside = self._aside, None
+        if aside is None:
+            return
+        for item in sorted(aside.iterdir()):
+            target = self.path / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            os.replace(item, target)
+        aside.rmdir()
+        rank_zero_info(f"textseg: the run did not start; the earlier run in {self.path} is back as it was")
 
     # ----------------------------------------------------------------------------------------------- release
     def release(self) -> None:
-        """Remove and unlock ``.lock``; remove the folder too if this command created it and left it empty."""
+        """End the command's use of the folder.
+
+        Puts back an earlier run set aside for a run that never trained, removes and unlocks ``.lock``, and removes
+        the folder too if this command created it and left it empty.
+        """
+        self._restore()
         if self._fd is not None:
             (self.path / LOCK_FILE).unlink(missing_ok=True)
             os.close(self._fd)
@@ -396,6 +439,17 @@ class RunFolder:
                 self.path.rmdir()  # only when empty: a failed run leaves no folder behind
             except OSError:
                 pass
+
+
+class CommitOverwrite(Callback):
+    """Delete the earlier run that ``--run_dir_exists overwrite`` set aside, once training starts (rank 0)."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The data passed its checks and the run is training: the earlier run goes for good."""
+        self.folder.commit()
 
 
 def _resumes(ckpt_path: str | None, folder: Path) -> bool:
