@@ -151,6 +151,14 @@ def test_save_and_reload(segmenter: Segmenter, trained: dict[str, Any], tmp_path
     for a, b in zip(segmenter.predict_proba(images, texts), reloaded.predict_proba(images, texts), strict=True):
         np.testing.assert_array_equal(a, b)
     assert reloaded.config["metrics"] == segmenter.config["metrics"]
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(DataError, match=rf"model folder {folder} has NaN/inf weights in 1 of \d+ tensors \({name}\)"):
+        Segmenter.from_pretrained(folder, device="cpu")
 
 
 def test_eval_teacher_keeps_the_teacher() -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import torch
 
+from textseg.engine import checkpointing
 from textseg.engine.predictions import resize_probs
 from textseg.errors import DataError
 from textseg.inference import card, loading
@@ -200,6 +201,7 @@ class Segmenter:
             state = load_file(str(folder / loading.WEIGHTS_FILE))
         except Exception as exc:
             raise DataError(f"{folder / loading.WEIGHTS_FILE} could not be read: {exc}") from exc
+        checkpointing.refuse_nonfinite({"state_dict": state}, f"model folder {folder}")
         result = module.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise DataError(
