@@ -104,7 +104,9 @@ def test_compile_option(qata_root: Path, tmp_path: Path, monkeypatch: pytest.Mon
     toolchain is needed): training runs, state-dict keys are unchanged, and the compiled networks compute what the
     plain ones compute."""
     plain_compile = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: plain_compile(self, backend="eager"))
+    monkeypatch.setattr(  # keep fullgraph, replace the mode by the eager backend
+        torch.nn.Module, "compile", lambda self, **kw: plain_compile(self, fullgraph=kw["fullgraph"], backend="eager")
+    )
     torch.manual_seed(0)
     kwargs: dict[str, Any] = {
         "backbone": "mmiunet",

@@ -18,6 +18,9 @@ from textseg.engine import checkpointing
 from textseg.engine.guards import NonFiniteGuard
 from textseg.ops.ema import average_buffers
 
+#: ``torch.compile`` modes of the ``compile`` argument.
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
+
 
 class RunHooks(LightningModule):
     """Lightning hooks of a textseg run, and the run options that are not part of any method.
@@ -27,7 +30,11 @@ class RunHooks(LightningModule):
 
     Args:
         channels_last: Keep the networks and image batches in ``torch.channels_last`` (faster convs on GPUs).
-        compile: ``torch.compile`` the student and teacher networks in place (state-dict keys unchanged).
+        compile: ``torch.compile`` the student and teacher networks in place (state-dict keys unchanged), as one
+            graph each (``fullgraph=True``: a graph break is an error, not a silent slowdown). ``True`` or
+            ``"default"``: the default mode; ``"reduce-overhead"``: CUDA graphs (the step's kernels replayed with one
+            launch; the most for a host-bound step, with more memory); ``"max-autotune"``: Triton autotuning (minutes
+            of warm-up). The first steps pay the compilation (``docs/guide.md``, "Speed").
         nonfinite: A NaN/inf loss term or gradient ``"stop"``s the run naming it, or ``"skip"``s the step
             (:class:`~textseg.engine.guards.NonFiniteGuard`).
     """
@@ -35,7 +42,10 @@ class RunHooks(LightningModule):
     net: nn.Module
 
     def __init__(
-        self, channels_last: bool = False, compile: bool = False, nonfinite: Literal["stop", "skip"] = "stop"
+        self,
+        channels_last: bool = False,
+        compile: bool | CompileMode = False,
+        nonfinite: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # collects the arguments of every __init__ of the chain that called this one
@@ -46,8 +56,9 @@ class RunHooks(LightningModule):
         for net in nets:
             if self.hparams["channels_last"]:
                 net.to(memory_format=torch.channels_last)
-            if self.hparams["compile"]:
-                net.compile()
+            mode = self.hparams["compile"]
+            if mode:
+                net.compile(fullgraph=True, mode="default" if mode is True else str(mode))
 
     def configure_callbacks(self) -> list[Callback]:
         """The non-finite guard (``nonfinite``: stop or skip) and exact resumption, unless already attached."""

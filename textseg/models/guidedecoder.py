@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from transformers import ConvNextModel
 
 from textseg.errors import DataError
-from textseg.models.encoders import CONVNEXT_STRIDE, vision_widths
+from textseg.models.encoders import CONVNEXT_STRIDE, convnext_stages, vision_widths
 from textseg.models.layers import (
     ImageProjectionHead,
     SinusoidalPositionalEncoding,
@@ -280,11 +280,7 @@ class GuideDecoderCore(nn.Module):
         if h % CONVNEXT_STRIDE or w % CONVNEXT_STRIDE:
             raise DataError(f"GuideDecoderCore: image side {h}x{w} is not a multiple of {CONVNEXT_STRIDE}")
         self._check_text(text, image.shape[0])
-        out = self.vision(pixel_values=image, output_hidden_states=True)
-        hidden = out.hidden_states
-        if hidden is None or len(hidden) != 5:
-            raise DataError("GuideDecoderCore: the vision encoder must return the stem and 4 stage outputs")
-        f1, f2, f3, f4 = hidden[1:]
+        f1, f2, f3, f4 = convnext_stages(self.vision, image)
         mask = text.mask if self.use_padding_mask else None
         x = self.decoder16(f4, f3, text.tokens, mask)
         x = self.decoder8(x, f2, text.tokens, mask)
@@ -292,6 +288,6 @@ class GuideDecoderCore(nn.Module):
         logits = self.head(x)
         return SegOutput(
             logits=logits,
-            image_embed=self.image_proj(out.pooler_output),
+            image_embed=self.image_proj(self.vision.layernorm(f4.mean(dim=(-2, -1)))),  # ConvNextModel's pooler_output
             text_embed=self.text_proj(text.pooled),
         )

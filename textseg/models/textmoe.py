@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from transformers import ConvNextModel
 
 from textseg.errors import DataError
-from textseg.models.encoders import CONVNEXT_STRIDE, vision_widths
+from textseg.models.encoders import CONVNEXT_STRIDE, convnext_stages, vision_widths
 from textseg.models.layers import SinusoidalPositionalEncoding, SubpixelSegHead, repeat_to_channels
 from textseg.models.types import SegOutput, TextFeatures
 from textseg.ops.asserts import assert_on_device
@@ -353,10 +353,7 @@ class TextMoECore(nn.Module):
         """
         image, modality = self._check_inputs(image, text, modality)
         padding_mask = self._padding_mask(text)
-        hidden = self.vision(pixel_values=image, output_hidden_states=True).hidden_states
-        if hidden is None or len(hidden) != 5:
-            raise DataError("TextMoECore: the vision encoder must return the stem and 4 stage outputs")
-        f1, f2, f3, f4 = hidden[1:]
+        f1, f2, f3, f4 = convnext_stages(self.vision, image)
         experts: list[Tensor] = []
         gates: list[Tensor] = []
         x = f4

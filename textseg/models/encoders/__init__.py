@@ -9,6 +9,7 @@ from textseg.models.encoders.vision import (
     CONVNEXT_STRIDE,
     build_vision_encoder,
     convert_fb_convnext_key,
+    convnext_stages,
     load_fb_convnext_checkpoint,
     vision_widths,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "build_text_backbone",
     "build_vision_encoder",
     "convert_fb_convnext_key",
+    "convnext_stages",
     "load_fb_convnext_checkpoint",
     "vision_widths",
 ]

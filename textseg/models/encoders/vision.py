@@ -77,6 +77,21 @@ def build_vision_encoder(spec: str = "tiny") -> ConvNextModel:
     return model
 
 
+def convnext_stages(model: ConvNextModel, pixel_values: Tensor) -> list[Tensor]:
+    """The four stage outputs of a ConvNeXt (strides 4/8/16/32): ``hidden_states[1:]`` of its forward.
+
+    The stem and the stages are called directly: the same values as ``model(pixel_values,
+    output_hidden_states=True).hidden_states[1:]``, without transformers' output-capturing wrapper, whose lock
+    ``torch.compile`` cannot trace (a graph break in every forward), and without the unused final norm and pooler.
+    """
+    x = model.embeddings(pixel_values)
+    outs = []
+    for stage in model.encoder.stages:
+        x = stage(x)
+        outs.append(x)
+    return outs
+
+
 def vision_widths(model: ConvNextModel) -> tuple[int, int, int, int]:
     """Return the four stage widths (channels at strides 4/8/16/32) of a ConvNeXt encoder.
 
