@@ -18,6 +18,7 @@ import torch
 from fakedata import make_mosmed_tree, make_qata_tree
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TEXTSEG_HELP_CACHE", "0")  # `textseg fit --help` builds its help; never writes ~/.cache
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # The only place the tests build the path to shared/data: use the `shared_data` fixture, never this constant.

@@ -64,3 +64,17 @@ def test_subcommand_help_is_lightnings(capsys: pytest.CaptureFixture[str]) -> No
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--trainer.max_epochs" in out and "--run_dir" in out
+
+
+def test_subcommand_help_is_kept_after_the_first_time(tmp_path: Path) -> None:
+    """``textseg fit --help`` builds the help once (LightningCLI), then prints it without importing Lightning."""
+    env = {**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path), "TEXTSEG_HELP_CACHE": "1"}
+    command = [sys.executable, "-X", "importtime", "-m", "textseg", "fit", "--help"]
+    runs = [subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300, check=False)]
+    runs.append(subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300, check=False))
+    first, second = runs
+    assert first.returncode == second.returncode == 0, first.stderr[-2000:]
+    assert "--model.help [CLASS_PATH_OR_NAME]" in first.stdout and "--run_dir_exists" in first.stdout
+    assert second.stdout == first.stdout
+    assert " lightning.pytorch" in first.stderr and " lightning" not in second.stderr  # -X importtime lists imports
+    assert len(list((tmp_path / "textseg" / "help").glob("fit-*.txt"))) == 1

@@ -26,7 +26,8 @@ run into exactly this folder), and ``fit`` always writes ``run_card.json``
 ``TEXTSEG_EPOCH_LINES=1``, one line per epoch (:class:`~textseg.engine.progress.EpochSummary`).
 
 ``textseg``, ``textseg -h`` and ``textseg --help`` print a short overview of the subcommands (:func:`usage`) without
-importing Lightning; ``textseg SUBCOMMAND --help`` gives that subcommand's options.
+importing Lightning; ``textseg SUBCOMMAND --help`` gives that subcommand's options (kept after the first time:
+:mod:`textseg.cli.helpcache`).
 """
 
 from __future__ import annotations
@@ -171,6 +172,11 @@ def main(args: Any = None) -> None:
             raise SystemExit(code)
         return
     command = ["textseg", *map(str, argv)] if isinstance(argv, (list, tuple)) else None
+    if isinstance(argv, (list, tuple)):
+        from textseg.cli.helpcache import cached_help
+
+        if cached_help([str(a) for a in argv], list(LIGHTNING_COMMANDS), lambda: run_guarded(args, command)):
+            raise SystemExit(0)  # as argparse after a help; without importing Lightning after the first time
     from textseg.engine.quiet import install_filters
 
     install_filters()  # drop the known-harmless third-party messages (each filter says why)
