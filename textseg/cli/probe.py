@@ -413,22 +413,18 @@ def main(argv: Sequence[str]) -> int:
         0 on success, 2 for bad input (:class:`~textseg.errors.DataError`: one ``textseg: error: ...`` line, as
         :func:`textseg.cli.runner.run_guarded`). Configuration errors exit through jsonargparse (code 2).
     """
-    from textseg.cli.runner import guarded
+    from textseg.cli.runner import guarded_code
 
     argv = [str(a) for a in argv]
-    try:
-        guarded(
-            partial(
-                ProbeCLI,
-                TextSegModule,
-                TextSegDataModule,
-                subclass_mode_model=True,
-                save_config_callback=None,
-                parser_kwargs={"test": {"description": DESCRIPTION}},
-                args=["test", *argv],
-                command=["textseg", "probe", *argv],
-            )
+    return guarded_code(
+        partial(
+            ProbeCLI,
+            TextSegModule,
+            TextSegDataModule,
+            subclass_mode_model=True,
+            save_config_callback=None,
+            parser_kwargs={"test": {"description": DESCRIPTION}},
+            args=["test", *argv],
+            command=["textseg", "probe", *argv],
         )
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
+    )

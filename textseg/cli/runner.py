@@ -39,6 +39,18 @@ def run_guarded(args: Any, command: list[str] | None) -> None:
     guarded(run_lightning_cli, args, command)
 
 
+def guarded_code(run: Callable[..., Any], *args: Any) -> int:
+    """Call ``run(*args)`` under :func:`guarded` and return the exit code (0 on success) instead of raising it.
+
+    The ``main`` of the workflow commands (``segment``, ``export``, ``convert``) return this.
+    """
+    try:
+        guarded(run, *args)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
 def guarded(run: Callable[..., Any], *args: Any) -> None:
     """Call ``run(*args)``; a :class:`~textseg.errors.DataError` or non-finite loss becomes one line and an exit code.
 

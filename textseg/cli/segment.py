@@ -122,11 +122,6 @@ def main(argv: Sequence[str]) -> int:
         0 on success, 2 for bad input (one ``textseg: error: ...`` line, :func:`textseg.cli.runner.guarded`);
         argparse's usage errors exit with 2 too.
     """
-    from textseg.cli.runner import guarded
+    from textseg.cli.runner import guarded_code
 
-    args = _parser().parse_args(list(argv))
-    try:
-        guarded(segment, args)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
+    return guarded_code(segment, _parser().parse_args(list(argv)))
