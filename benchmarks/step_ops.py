@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer
 
 from textseg.data.datamodule import TextSegDataModule
-from textseg.engine.opcount import StepOpCounter
+from textseg.engine.opcount import count_step
 from textseg.methods import SemiMedRefModule, SupervisedModule, TextMoEModule
 
 HERE = Path(__file__).resolve().parent
@@ -59,26 +58,14 @@ def datamodule(root: Path, composite: bool) -> TextSegDataModule:
 def count(case: str, size: str, root: Path) -> dict[str, Any]:
     build, composite = CASES[case]
     torch.manual_seed(0)
-    counter = StepOpCounter(step=1)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        callbacks=[counter],
-    )
-    trainer.fit(build(SIZES[size]), datamodule=datamodule(root, composite))
+    counts = count_step(build(SIZES[size]), datamodule(root, composite), step=1)
     return {
         "case": case,
         "size": size,
-        **counter.counts.totals(),
-        "optimizer_scalars": counter.counts.optimizer_scalars,
-        "syncs": dict(counter.counts.syncs.most_common()),
-        "top_launching": dict(counter.counts.launching.most_common(8)),
+        **counts.totals(),
+        "optimizer_scalars": counts.optimizer_scalars,
+        "syncs": dict(counts.syncs.most_common()),
+        "top_launching": dict(counts.launching.most_common(8)),
     }
 
 

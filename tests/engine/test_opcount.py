@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 
 from textseg.data.datamodule import TextSegDataModule
-from textseg.engine.opcount import StepOpCounter
+from textseg.engine.opcount import count_step
 from textseg.methods import SemiMedRefModule, SupervisedModule, TextMoEModule
 
 TINY: dict[str, Any] = {"vision_encoder": "tiny", "text_encoder": "tiny", "project_dim": 16}
@@ -58,23 +57,11 @@ def test_sync_ops_of_one_training_step(name: str, qata_root: Path, mosmed_root: 
         batch_size=2,
         unlabeled_batch_size=2,
     )
-    counter = StepOpCounter(step=1)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        callbacks=[counter],
-    )
-    trainer.fit(build(), datamodule=dm)
+    counts = count_step(build(), dm, step=1)
     by_file: dict[str, int] = {}
-    for key, count in counter.counts.syncs.items():
+    for key, count in counts.syncs.items():
         where = key.split(" @ ")[1].rsplit(":", 1)[0]
         by_file[where] = by_file.get(where, 0) + count
-    assert by_file == expected, dict(counter.counts.syncs)
-    totals = counter.counts.totals()
+    assert by_file == expected, dict(counts.syncs)
+    totals = counts.totals()
     assert totals["sync_ops"] <= 5 and totals["launching_ops"] > 1000  # the step was counted, backward included

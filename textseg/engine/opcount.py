@@ -22,10 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["NON_LAUNCHING", "SYNC_OPS", "OpCountingMode", "OpCounts", "StepOpCounter"]
+__all__ = ["NON_LAUNCHING", "SYNC_OPS", "OpCountingMode", "OpCounts", "StepOpCounter", "count_step"]
 
 #: Ops whose result the host waits for.
 SYNC_OPS: frozenset[str] = frozenset(
@@ -128,3 +128,25 @@ class StepOpCounter(Callback):
         if trainer.current_epoch == 0 and batch_idx == self.step:
             self._mode = OpCountingMode(self.counts)
             self._mode.__enter__()
+
+
+def count_step(module: LightningModule, datamodule: LightningDataModule, step: int = 1) -> OpCounts:
+    """Fit ``module`` on the CPU for ``step + 1`` batches (no validation, logger or checkpoints); count step ``step``.
+
+    Returns:
+        The counts of that optimizer step (:class:`StepOpCounter`).
+    """
+    counter = StepOpCounter(step=step)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=step + 1,
+        limit_val_batches=0,
+        logger=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        callbacks=[counter],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return counter.counts
