@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformers import ConvNextModel
 
 from textseg.errors import DataError
+from textseg.models.attention import FusedMultiheadAttention
 from textseg.models.encoders import CONVNEXT_STRIDE, convnext_stages, vision_widths
 from textseg.models.layers import (
     ImageProjectionHead,
@@ -86,8 +87,8 @@ class GuideDecoderLayer(nn.Module):
         )
         self.norm1 = nn.LayerNorm(in_channels)
         self.norm2 = nn.LayerNorm(in_channels)
-        self.self_attn = nn.MultiheadAttention(in_channels, self_attn_heads, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(in_channels, cross_attn_heads, batch_first=True)
+        self.self_attn = FusedMultiheadAttention(in_channels, self_attn_heads)
+        self.cross_attn = FusedMultiheadAttention(in_channels, cross_attn_heads)
         self.self_attn_norm = nn.LayerNorm(in_channels)
         self.cross_attn_norm = nn.LayerNorm(in_channels)
         self.vis_pos = SinusoidalPositionalEncoding(in_channels, max_len=vis_pe_max_len)
@@ -114,11 +115,11 @@ class GuideDecoderLayer(nn.Module):
         txt = self.project_text(tokens, mask)
         vis = self.norm1(x)
         q = self.vis_pos(vis)
-        vis = self.self_attn(q, q, value=vis, need_weights=False)[0]
+        vis = self.self_attn(q, q, value=vis, need_weights=False)[0]  # q and k: one projection
         x = x + self.self_attn_norm(vis)
         vis = self.norm2(x)
         vis = self.cross_attn(self.vis_pos(vis), self.txt_pos(txt), value=txt, need_weights=False)[0]
-        return x + self.scale * self.cross_attn_norm(vis)
+        return torch.addcmul(x, self.scale, self.cross_attn_norm(vis))  # x + alpha * LN(attn), one op
 
 
 class GuideDecoder(nn.Module):
@@ -281,10 +282,12 @@ class GuideDecoderCore(nn.Module):
             raise DataError(f"GuideDecoderCore: image side {h}x{w} is not a multiple of {CONVNEXT_STRIDE}")
         self._check_text(text, image.shape[0])
         f1, f2, f3, f4 = convnext_stages(self.vision, image)
-        mask = text.mask if self.use_padding_mask else None
-        x = self.decoder16(f4, f3, text.tokens, mask)
-        x = self.decoder8(x, f2, text.tokens, mask)
-        x = self.decoder4(x, f1, text.tokens, mask)
+        tokens = text.tokens
+        if self.use_padding_mask:  # zero the padded states once here, not in each guide layer (the same product)
+            tokens = tokens * text.mask.unsqueeze(-1).to(tokens.dtype)
+        x = self.decoder16(f4, f3, tokens)
+        x = self.decoder8(x, f2, tokens)
+        x = self.decoder4(x, f1, tokens)
         logits = self.head(x)
         return SegOutput(
             logits=logits,

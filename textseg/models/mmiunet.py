@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from transformers import ConvNextModel
 
 from textseg.errors import DataError
+from textseg.models.attention import FusedMultiheadAttention, key_padding_bias
 from textseg.models.types import SegOutput, TextFeatures
 from textseg.ops.asserts import assert_on_device
 
@@ -73,8 +74,8 @@ class Interactor(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
-        self.multihead_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = FusedMultiheadAttention(d_model, num_heads, dropout=dropout)
+        self.multihead_attn = FusedMultiheadAttention(d_model, num_heads, dropout=dropout)
         self.linear1 = nn.Linear(d_model, ffn_dim)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(ffn_dim, d_model)
@@ -98,8 +99,9 @@ class Interactor(nn.Module):
         Args:
             tgt: Target tokens ``[B, N_t, C]``.
             memory: Memory tokens ``[B, N_m, C]`` (keys and values of the cross-attention).
-            tgt_key_padding_mask: ``[B, N_t]`` bool, ``True`` = ignore this key in the self-attention.
-            memory_key_padding_mask: ``[B, N_m]`` bool, ``True`` = ignore this key in the cross-attention.
+            tgt_key_padding_mask: ``[B, N_t]`` bool, ``True`` = ignore this key in the self-attention, or its
+                float form from :func:`~textseg.models.attention.key_padding_bias` (added to the scores).
+            memory_key_padding_mask: The same for the memory tokens, the keys of the cross-attention.
 
         Returns:
             Updated target tokens ``[B, N_t, C]``.
@@ -161,8 +163,9 @@ class ImageTextModule(nn.Module):
         Args:
             vis: Visual features ``[B, C, H, W]`` with ``H, W >= 2``.
             txt: Text states ``[B, L, d_t]``.
-            text_padding_mask: ``[B, L]`` bool, ``True`` = padded token (ignored as attention key), or
-                ``None`` to attend to every token.
+            text_padding_mask: ``[B, L]`` bool, ``True`` = padded token (ignored as attention key), or its float
+                form from :func:`~textseg.models.attention.key_padding_bias` (what :class:`MMIUNetCore` passes,
+                built once per forward), or ``None`` to attend to every token.
 
         Returns:
             ``(vis + Δv, txt + Δt)`` with the input shapes.
@@ -171,8 +174,9 @@ class ImageTextModule(nn.Module):
         batch, channels, height, width = v.shape
         v = self.ln_v(v.flatten(2).transpose(1, 2))  # [B, H'W', C]
         t = self.ln_t(self.linear1(txt))  # [B, L, C]
-        v_new = self.fusion_v(v, t, memory_key_padding_mask=text_padding_mask)
-        t_new = self.fusion_t(t, v, tgt_key_padding_mask=text_padding_mask)
+        text_bias = key_padding_bias(text_padding_mask, t.dtype)
+        v_new = self.fusion_v(v, t, memory_key_padding_mask=text_bias)
+        t_new = self.fusion_t(t, v, tgt_key_padding_mask=text_bias)
         v_map = v_new.transpose(1, 2).reshape(batch, channels, height, width)
         delta_v = self.zoom_out(v_map, output_size=[vis.shape[-2], vis.shape[-1]])
         return vis + delta_v, txt + self.linear2(t_new)
@@ -366,7 +370,12 @@ class MMIUNetCore(nn.Module):
         return counts
 
     def _check_inputs(self, image: Tensor, text: TextFeatures) -> tuple[Tensor, Tensor | None]:
-        """Validate inputs; return the image with the backbone's channel count and the key-padding mask."""
+        """Validate inputs; return the image with the backbone's channel count and the key-padding bias.
+
+        The bias (``[B, L]`` float, ``-inf`` at padded tokens, 0 elsewhere: MHA's float key-padding mask;
+        :func:`~textseg.models.attention.key_padding_bias`) is built here once for the whole forward, not in each of
+        the twelve attention layers that use it.
+        """
         if image.ndim != 4:
             raise DataError(f"image must be [B, C, H, W], got shape {tuple(image.shape)}")
         batch, channels, height, width = image.shape
@@ -393,7 +402,7 @@ class MMIUNetCore(nn.Module):
             raise DataError(f"text.mask must be [B, L] = {tuple(tokens.shape[:2])}, got shape {tuple(mask.shape)}")
         valid = mask if mask.dtype == torch.bool else mask != 0
         assert_on_device(valid.any(dim=1).all(), "text.mask has a batch row without a real token")
-        return image, ~valid
+        return image, key_padding_bias(~valid, tokens.dtype)
 
     def forward(self, image: Tensor, text: TextFeatures) -> SegOutput:
         """Segment the image under the guidance of the text.
@@ -407,14 +416,14 @@ class MMIUNetCore(nn.Module):
         Returns:
             :class:`SegOutput` with ``logits [B, 1, H, W]``, ``image_embed [B, D]`` and ``text_embed [B, D]``.
         """
-        image, padding_mask = self._check_inputs(image, text)
+        image, text_bias = self._check_inputs(image, text)
         text0 = text.tokens
         skips: list[Tensor] = []
         hidden = self.vision.embeddings(image)
         state = text0
         for k, (stage, itm) in enumerate(zip(self.vision.encoder.stages, self.itms, strict=True)):
             x = stage(hidden)
-            v, t = itm(x, state, padding_mask)
+            v, t = itm(x, state, text_bias)
             skips.append(v)
             if k + 1 < NUM_STAGES:
                 hidden = v + x  # input of stage k+1: v_k + x_k

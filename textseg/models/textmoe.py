@@ -40,16 +40,26 @@ from torch import Tensor, nn
 from transformers import ConvNextModel
 
 from textseg.errors import DataError
+from textseg.models.attention import FusedMultiheadAttention, key_padding_bias
 from textseg.models.encoders import CONVNEXT_STRIDE, convnext_stages, vision_widths
 from textseg.models.layers import SinusoidalPositionalEncoding, SubpixelSegHead, repeat_to_channels
 from textseg.models.types import SegOutput, TextFeatures
 from textseg.ops.asserts import assert_on_device
 
-__all__ = ["MoEDecoderBlock", "MoELayer", "TextMoECore"]
+__all__ = ["MoEDecoderBlock", "MoELayer", "TextMoECore", "modality_indicator"]
 
 #: Expert kinds: the paper's text-assisted experts, or the Plain-MoE ablation (element-wise fusion).
 ExpertKind = Literal["tmoe", "plain"]
 EXPERT_KINDS: tuple[str, ...] = ("tmoe", "plain")
+
+
+def modality_indicator(modality: Tensor, num_modalities: int) -> Tensor:
+    """One-hot indicator ``[B, num_modalities]`` (float32) of ``[B]`` integer modality codes (gate input, Eq. 3).
+
+    By comparison with ``arange``: ``F.one_hot`` reads min/max back to the host to check the values (2 syncs).
+    """
+    codes = torch.arange(num_modalities, device=modality.device)
+    return (modality.long()[:, None] == codes).float()
 
 
 class MoELayer(nn.Module):
@@ -115,9 +125,7 @@ class MoELayer(nn.Module):
             self.text_pos = SinusoidalPositionalEncoding(out_channels, max_len=text_pe_max_len)
             self.vis_pos = SinusoidalPositionalEncoding(out_channels, max_len=vis_pe_max_len)
             self.query_norms = nn.ModuleList(nn.LayerNorm(out_channels) for _ in range(num_experts))
-            self.attns = nn.ModuleList(
-                nn.MultiheadAttention(out_channels, heads, batch_first=True) for _ in range(num_experts)
-            )
+            self.attns = nn.ModuleList(FusedMultiheadAttention(out_channels, heads) for _ in range(num_experts))
             self.scale = nn.Parameter(torch.tensor(float(scale_init)))
         else:
             self.text_expert = nn.Linear(text_dim, out_channels)
@@ -127,29 +135,34 @@ class MoELayer(nn.Module):
 
         Args:
             x: Layer input ``[B, C_in, H, W]``.
-            modality: ``[B]`` integer modality indices in ``[0, num_modalities)``.
+            modality: ``[B]`` integer modality indices in ``[0, num_modalities)``, or their one-hot indicator
+                ``[B, num_modalities]`` from :func:`modality_indicator` (built once per forward by
+                :class:`TextMoECore`).
 
         Returns:
             ``[B, E]`` weights, each row summing to 1.
         """
-        # one-hot by comparison: F.one_hot reads min/max back to the host to check the values (2 syncs per call)
-        codes = torch.arange(self.num_modalities, device=modality.device)
-        indicator = (modality.long()[:, None] == codes).to(x.dtype)
-        return torch.softmax(self.gate(torch.cat([x.mean(dim=(2, 3)), indicator], dim=1)), dim=1)
+        indicator = modality if modality.is_floating_point() else modality_indicator(modality, self.num_modalities)
+        features = torch.cat([x.mean(dim=(2, 3)), indicator.to(x.dtype)], dim=1)
+        return torch.softmax(self.gate(features), dim=1)
 
-    def _tmoe_experts(self, x: Tensor, tokens: Tensor, padding_mask: Tensor | None) -> list[Tensor]:
+    def _tmoe_experts(self, x: Tensor, tokens: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """The E experts ``[B, E, C_out, H, W]`` of Eqs. 1-2."""
         b, _, h, w = x.shape
         txt = self.text_pos(self.text_expert(tokens))  # [B, L, C]; the PE is part of keys and values
+        bias = key_padding_bias(padding_mask, txt.dtype)  # built once by TextMoECore; a bool mask is converted
         outs = []
         for conv, norm, attn in zip(self.convs, self.query_norms, self.attns, strict=True):
             v = self.vis_pos(conv(x).flatten(2).transpose(1, 2))  # [B, H*W, C], row-major, v + PE
-            a = attn(norm(v), txt, txt, key_padding_mask=padding_mask, need_weights=False)[0]
-            outs.append((v + self.scale * a).transpose(1, 2).reshape(b, self.out_channels, h, w))
-        return outs
+            a = attn(norm(v), txt, txt, key_padding_mask=bias, need_weights=False)[0]  # k and v: one projection
+            outs.append(torch.addcmul(v, self.scale, a))  # v + s * a, one op
+        # [B, E, H*W, C] -> [B, E, C, H, W]: one copy for all experts
+        return torch.stack(outs, dim=1).transpose(2, 3).reshape(b, self.num_experts, self.out_channels, h, w)
 
-    def _plain_experts(self, x: Tensor, pooled: Tensor) -> list[Tensor]:
+    def _plain_experts(self, x: Tensor, pooled: Tensor) -> Tensor:
+        """The E experts ``[B, E, C_out, H, W]`` of the Plain-MoE ablation."""
         u = self.text_expert(pooled)[:, :, None, None]  # [B, C, 1, 1], broadcast over space
-        return [conv(x) * u for conv in self.convs]
+        return torch.stack([conv(x) * u for conv in self.convs], dim=1)
 
     def forward(
         self,
@@ -163,9 +176,11 @@ class MoELayer(nn.Module):
         Args:
             x: ``[B, C_in, H, W]``.
             text: Frozen text features (``tokens`` for ``"tmoe"``, ``pooled`` for ``"plain"``).
-            modality: ``[B]`` integer modality indices in ``[0, num_modalities)``.
+            modality: ``[B]`` integer modality indices in ``[0, num_modalities)``, or their one-hot indicator
+                (:func:`modality_indicator`).
             padding_mask: ``[B, L]`` bool key-padding mask for the cross-attention, ``True`` = padded token
-                (ignored), or ``None`` to attend to every token.
+                (ignored), or its float form from :func:`~textseg.models.attention.key_padding_bias` (built once
+                per forward by :class:`TextMoECore`), or ``None`` to attend to every token.
 
         Returns:
             ``(output [B, C_out, H, W], experts [B, E, C_out, H, W], gates [B, E])``.
@@ -174,10 +189,9 @@ class MoELayer(nn.Module):
             raise DataError(f"MoELayer expects [B, {self.in_channels}, H, W], got {tuple(x.shape)}")
         gates = self.gate_weights(x, modality)
         if self.expert == "tmoe":
-            outs = self._tmoe_experts(x, text.tokens, padding_mask)
+            experts = self._tmoe_experts(x, text.tokens, padding_mask)
         else:
-            outs = self._plain_experts(x, text.pooled)
-        experts = torch.stack(outs, dim=1)
+            experts = self._plain_experts(x, text.pooled)
         out = torch.einsum("be,bechw->bchw", gates, experts)
         return out, experts, gates
 
@@ -329,12 +343,15 @@ class TextMoECore(nn.Module):
         return image, modality.long()
 
     def _padding_mask(self, text: TextFeatures) -> Tensor | None:
-        """Key-padding mask for the cross-attention (``True`` = ignore), or ``None`` when masks are off."""
+        """Key-padding bias of the cross-attentions (``-inf`` at padded tokens), or ``None`` when masks are off.
+
+        Built once per forward (:func:`~textseg.models.attention.key_padding_bias`) for all twelve attentions.
+        """
         if not self.use_padding_mask or self.expert != "tmoe":
             return None
         valid = text.mask if text.mask.dtype == torch.bool else text.mask != 0
         assert_on_device(valid.any(dim=1).all(), "TextMoECore: text mask has a batch row without a real token")
-        return ~valid
+        return key_padding_bias(~valid, text.tokens.dtype)
 
     def forward(self, image: Tensor, text: TextFeatures, modality: Tensor | None = None) -> SegOutput:
         """Segment ``image`` guided by ``text`` and the modality indicator.
@@ -353,12 +370,13 @@ class TextMoECore(nn.Module):
         """
         image, modality = self._check_inputs(image, text, modality)
         padding_mask = self._padding_mask(text)
+        indicator = modality_indicator(modality, self.num_modalities)  # once for the six gates
         f1, f2, f3, f4 = convnext_stages(self.vision, image)
         experts: list[Tensor] = []
         gates: list[Tensor] = []
         x = f4
         for block, skip in zip(self.blocks, (f3, f2, f1), strict=True):
-            x, e, g = block(x, skip, text, modality, padding_mask)
+            x, e, g = block(x, skip, text, indicator, padding_mask)
             experts.extend(e)
             gates.extend(g)
         return SegOutput(logits=self.head(x), experts=experts, gates=torch.stack(gates, dim=1))
