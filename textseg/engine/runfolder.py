@@ -316,7 +316,8 @@ class RunFolder:
             raise DataError(
                 f"run dir {folder.path} already holds a run ({', '.join(earlier)}); {resumed}resume it with "
                 "--ckpt_path last (or one of its checkpoints), choose another --run_dir, or pass --run_dir_exists "
-                "new_version (write into the next free <run_dir>_vN) or --run_dir_exists overwrite (delete it first)"
+                "new_version (write into the next free <run_dir>_vN) or --run_dir_exists overwrite (replace it once "
+                "this run trains)"
             )
         if exists == "new_version":
             folder.release()
