@@ -61,9 +61,12 @@ def test_nothing_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     online = _config(tmp_path / "nowhere", text_encoder=HUB_ID)
     assert len(preflight(online, "fit")) == 1  # online, a Hub id may be downloaded: only the root is missing
     predict = {"data": {"dataset": "qata", "root": "nowhere", "predict_images": str(tmp_path / "p")}}
-    assert preflight(predict, "predict") == [
-        f"predict image folder {tmp_path / 'p'} does not exist (--data.predict_images)"
-    ]
+    expected = f"predict image folder {tmp_path / 'p'} does not exist (--data.predict_images)"
+    assert preflight(predict, "predict") == [expected]
+    missing = {**predict, "ckpt_path": str(tmp_path / "best.ckpt")}
+    ckpt = f"checkpoint {tmp_path / 'best.ckpt'} not found (--ckpt_path): give a .ckpt file, or last / best"
+    assert preflight(missing, "predict") == [expected, ckpt]
+    assert preflight({**predict, "ckpt_path": "last"}, "predict") == [expected]  # resolved by Lightning later
 
 
 def test_fit_reports_everything_before_building(

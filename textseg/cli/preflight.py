@@ -1,12 +1,12 @@
 """The preflight: every missing piece of a run, reported at once, before anything heavy is built.
 
-A real run needs a data root in a known layout, encoders that can be loaded (built in, a local folder, or a Hugging
-Face Hub id that is in the local cache when the machine is offline), the vision checkpoint it names and the folders
-and text files it names for extra unlabeled or predicted images. Without a preflight each of them fails on its own,
-one per try, after the networks were built. :func:`preflight` checks them all from the parsed configuration, in
-milliseconds, and :func:`check_run` raises one :class:`~textseg.errors.DataError` listing every problem with what to
-do about it. When a data root does not hold the dataset but a folder one level down does (``QaTa-COV19-v2/`` inside
-the given root), the message names that folder.
+A real run needs a data root in a known layout, the checkpoint it names (``--ckpt_path``), encoders that can be
+loaded (built in, a local folder, or a Hugging Face Hub id that is in the local cache when the machine is offline),
+the vision checkpoint it names and the folders and text files it names for extra unlabeled or predicted images.
+Without a preflight each of them fails on its own, one per try, after the networks were built. :func:`preflight`
+checks them all from the parsed configuration, in milliseconds, and :func:`check_run` raises one
+:class:`~textseg.errors.DataError` listing every problem with what to do about it. When a data root does not hold the
+dataset but a folder one level down does (``QaTa-COV19-v2/`` inside the given root), the message names that folder.
 """
 
 from __future__ import annotations
@@ -167,6 +167,11 @@ def preflight(config: Mapping[str, Any], subcommand: str) -> list[str]:
         problems += _paths(data, "predict_texts", "predict text file", want_dir=False)
     problems += _encoder(init.get("text_encoder"), "text", BUILTIN_TEXT, "--model.init_args.text_encoder")
     problems += _encoder(init.get("vision_encoder"), "vision", BUILTIN_VISION, "--model.init_args.vision_encoder")
+    ckpt = config.get("ckpt_path")
+    special = str(ckpt).split(":", 1)[0] in ("best", "last", "hpc", "registry")
+    if ckpt and not special and not str(ckpt).startswith(("http://", "https://", "s3://", "gs://")):
+        if not Path(str(ckpt)).expanduser().is_file():
+            problems.append(f"checkpoint {ckpt} not found (--ckpt_path): give a .ckpt file, or last / best")
     checkpoint = init.get("vision_checkpoint")
     if checkpoint and not Path(str(checkpoint)).expanduser().is_file():
         problems.append(
