@@ -147,6 +147,10 @@ def test_check_unusable_roots(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "unknown QaTa-COV19 layout" in report.problems[0] and "unknown MosMedData+ layout" in report.problems[0]
     report = check_dataset(other, "mosmed")  # explicit reader: its own message only
     assert report.problems[0].startswith("unknown MosMedData+ layout")
+    make_qata_tree(tmp_path / "download" / "QaTa-COV19-v2", "sgseg", n_train=2, n_val=1, n_test=1, size=32, seed=0)
+    report = check_dataset(tmp_path / "download")  # the dataset one folder down is named, once
+    hint = f"but {tmp_path / 'download' / 'QaTa-COV19-v2'} (one folder down) holds a qata layout: textseg data check"
+    assert report.problems[0].count("one folder down") == 1 and hint in report.problems[0]
 
 
 def test_synth_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

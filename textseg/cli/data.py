@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from textseg.cli.preflight import find_layout
 from textseg.data.base import SPLITS, DataProblems, SegDataset, validate_dataset
 from textseg.data.io import read_size
 from textseg.data.registry import load_dataset
@@ -166,7 +167,11 @@ def _open(root: Path, dataset: str, report: CheckReport) -> SegDataset | None:
             report.problems += exc.problems if isinstance(exc, DataProblems) else [message]
             return None
     report.dataset = None
-    report.problems.append("no known dataset layout:\n" + "\n".join(f"- {m}" for m in layout_errors))
+    below = [(name, find_layout(name, root)[1]) for name in candidates] if root.is_dir() else []
+    hints = [
+        f"- but {sub} (one folder down) holds a {name} layout: textseg data check {sub}" for name, sub in below if sub
+    ][:1]  # fmt: skip  (the first reader that recognises it, as `auto` would pick)
+    report.problems.append("no known dataset layout:\n" + "\n".join([*(f"- {m}" for m in layout_errors), *hints]))
     return None
 
 
