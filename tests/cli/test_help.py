@@ -78,3 +78,11 @@ def test_subcommand_help_is_kept_after_the_first_time(tmp_path: Path) -> None:
     assert second.stdout == first.stdout
     assert " lightning.pytorch" in first.stderr and " lightning" not in second.stderr  # -X importtime lists imports
     assert len(list((tmp_path / "textseg" / "help").glob("fit-*.txt"))) == 1
+
+
+def test_workflow_tools_start_without_lightning() -> None:
+    """``textseg report`` and ``textseg grid`` read run folders without importing torch or Lightning."""
+    probe = f"import sys, textseg.cli.report, textseg.cli.grid; print([n for n in {HEAVY!r} if n in sys.modules])"
+    done = _run("-c", probe)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from textseg.engine import runfolder
+from textseg.engine import runfiles
 from textseg.engine.runfiles import METRICS_FILE, write_test_metrics
 from textseg.engine.runfolder import (
     LOCK_FILE,
@@ -165,7 +165,7 @@ def test_reserved_versions_never_collide(tmp_path: Path) -> None:
 
 
 def _full_disk(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
-    """Make files opened by :mod:`textseg.engine.runfolder` accept ``after`` bytes, then fail with ENOSPC."""
+    """Make files opened by :mod:`textseg.engine.runfiles` (``atomic_write``) accept ``after`` bytes, then ENOSPC."""
     real_open = open
 
     class Full:
@@ -186,7 +186,7 @@ def _full_disk(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
         def __exit__(self, *exc: object) -> None:
             self.file.close()
 
-    monkeypatch.setattr(runfolder, "open", lambda *a, **k: Full(real_open(*a, **k)), raising=False)
+    monkeypatch.setattr(runfiles, "open", lambda *a, **k: Full(real_open(*a, **k)), raising=False)
 
 
 def test_checkpoint_on_a_full_disk_leaves_the_earlier_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

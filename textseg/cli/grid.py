@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from textseg.engine.runfiles import METRICS_FILE, earlier_run
 from textseg.errors import DataError
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
 #: W&B's default sweep command.
 DEFAULT_COMMAND: tuple[str, ...] = ("${env}", "${interpreter}", "${program}", "${args}")
 #: File whose presence marks a finished combination.
-DONE_FILE = "test_metrics.json"
+DONE_FILE = METRICS_FILE
 #: Summary of the grid written into the output folder.
 SUMMARY_FILE = "grid.json"
 #: Characters kept in run-directory names (others become ``-``).
@@ -352,11 +353,9 @@ def rerun_args(run_dir: Path) -> list[str]:
     combination with a ``last.ckpt`` resumes from it (``--ckpt_path=last``); a finished one rerun with ``--force``, or
     an interrupted one without a checkpoint, replaces its folder (``--run_dir_exists=overwrite``).
     """
-    checkpoints = run_dir / "checkpoints"
-    records = ("config.yaml", "metrics.csv", "run_card.json", "split.json", DONE_FILE)
-    if not any((run_dir / name).exists() for name in records) and not checkpoints.is_dir():
+    if not earlier_run(run_dir):
         return []
-    if not (run_dir / DONE_FILE).exists() and (checkpoints / "last.ckpt").is_file():
+    if not (run_dir / DONE_FILE).exists() and (run_dir / "checkpoints" / "last.ckpt").is_file():
         return ["--ckpt_path=last"]
     return ["--run_dir_exists=overwrite"]
 

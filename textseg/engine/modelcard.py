@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from textseg.engine.runfiles import METRICS_FILE
+from textseg.engine.runfiles import METRICS_FILE, atomic_write
 
 __all__ = ["CARD_NAME", "CITATIONS", "encoder_source", "render_model_card", "run_facts", "write_model_card"]
 
@@ -239,8 +239,4 @@ def write_model_card(run_dir: str | Path) -> Path | None:
     facts = run_facts(run_dir)
     if not facts or not facts.get("metrics"):
         return None
-    path = Path(run_dir) / CARD_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_model_card(facts), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(Path(run_dir) / CARD_NAME, render_model_card(facts))

@@ -25,6 +25,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from textseg.engine.modelcard import write_model_card
+from textseg.engine.runfiles import atomic_write
 from textseg.errors import DataError
 from textseg.ops.metrics import HD_PERCENTILE, LVIT_EPS
 
@@ -220,11 +221,8 @@ class RunCardCallback(Callback):
 
     @staticmethod
     def _write(path: Path, card: dict[str, Any]) -> None:
-        """Write ``card`` as JSON, through a temporary file so that a reader never sees half a card."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        """Write ``card`` as JSON, atomically (a reader never sees half a card)."""
+        atomic_write(path, json.dumps(card, indent=1) + "\n")
 
     def _run_dir(self, trainer: Trainer) -> Path:
         return Path(trainer.log_dir or trainer.default_root_dir)

@@ -38,6 +38,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from textseg.engine.runfiles import (
+    FIT_RECORDS,
+    RunFileError,
+    _within,
+    atomic_write,
+    earlier_run,
+    write_error,
+)
 from textseg.errors import DataError
 
 __all__ = [
@@ -55,16 +63,6 @@ __all__ = [
     "write_error",
 ]
 
-#: Files that show a folder holds a run (``fit``'s records, and a test's metrics).
-FIT_RECORDS = (
-    "config.yaml",
-    "hparams.yaml",
-    "metrics.csv",
-    "run_card.json",
-    "split.json",
-    "test_metrics.json",
-    "model_card.md",
-)
 #: The lock file inside a run folder.
 LOCK_FILE = ".lock"
 #: Where ``--run_dir_exists overwrite`` keeps the earlier run until the new one starts training.
@@ -72,89 +70,6 @@ ASIDE_DIR = ".overwritten"
 #: Choices of ``--run_dir_exists``: what ``fit`` does with a folder that holds an earlier run.
 EXISTS_CHOICES = ("error", "new_version", "overwrite")
 RunDirExists = Literal["error", "new_version", "overwrite"]
-#: Errors that only writing raises: a run hitting them anywhere could not write its files.
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
-#: Suffix of the temporary file of an atomic write (never ``.ckpt``: Lightning's ``last`` lookup ignores it).
-TMP_SUFFIX = ".tmp"
-
-
-class RunFileError(DataError):
-    """A run file or folder cannot be written: ``cannot write <path>: <cause>``.
-
-    Args:
-        path: The file or folder.
-        cause: Why (the OS's ``strerror``).
-    """
-
-    def __init__(self, path: str | Path, cause: str) -> None:
-        self.path = str(path)
-        super().__init__(f"cannot write {path}: {cause}")
-
-    @classmethod
-    def from_oserror(cls, exc: OSError, path: str | Path | None = None) -> RunFileError:
-        """The error for ``exc`` raised while writing ``path`` (default: the file named by ``exc``)."""
-        target = path if path is not None else (exc.filename if exc.filename is not None else "a run file")
-        cause = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__)
-        return cls(target, cause)
-
-
-def _within(path: str | Path, folder: Path) -> bool:
-    try:
-        return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
-    except (TypeError, ValueError):
-        return False
-
-
-def write_error(exc: BaseException, folders: Sequence[str | Path]) -> RunFileError | None:
-    """The :class:`RunFileError` for an ``OSError`` raised while writing run files; ``None`` for other errors.
-
-    An ``OSError`` is a run-file write error when it names a file inside one of ``folders`` (the run's folders), or
-    when its errno only ever comes from writing (a full disk or quota, a read-only file system, a file too large).
-
-    Args:
-        exc: The exception (anything; only ``OSError`` can match).
-        folders: The run's folders.
-    """
-    if isinstance(exc, RunFileError) or not isinstance(exc, OSError):
-        return None
-    named = exc.filename is not None and any(_within(exc.filename, Path(f)) for f in folders)
-    if named or exc.errno in WRITE_ERRNOS:
-        return RunFileError.from_oserror(exc)
-    return None
-
-
-def atomic_write(path: str | Path, data: bytes | memoryview | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file beside it and ``os.replace``: all of it or nothing.
-
-    Args:
-        path: The file.
-        data: Its content (``str`` is written as UTF-8).
-
-    Returns:
-        The path written.
-
-    Raises:
-        RunFileError: Naming ``path`` and the cause when it cannot be written (the temporary file is removed).
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    if path.parent.exists() and not path.parent.is_dir():
-        raise RunFileError(path, os.strerror(errno.ENOTDIR))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the folder itself is not writable (or not a folder): no temporary file was made
-        raise RunFileError.from_oserror(exc, path) from exc
-    return path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -204,15 +119,6 @@ class AtomicSaveConfig(SaveConfigCallback):
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
-
-
-def earlier_run(folder: Path) -> list[str]:
-    """What in ``folder`` shows an earlier run: its records (:data:`FIT_RECORDS`) and checkpoints; empty if none."""
-    found = [name for name in FIT_RECORDS if (folder / name).exists()]
-    ckpts = sorted((folder / "checkpoints").glob("*.ckpt")) if (folder / "checkpoints").is_dir() else []
-    if ckpts:
-        found.append(f"checkpoints/ ({', '.join(p.name for p in ckpts)})")
-    return found
 
 
 def reserve_version(root: str | Path) -> int:
