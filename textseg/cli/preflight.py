@@ -18,12 +18,8 @@ from typing import Any
 
 from textseg.errors import DataError
 
-__all__ = ["BUILTIN_TEXT", "BUILTIN_VISION", "check_run", "find_layout", "hub_cached", "preflight"]
+__all__ = ["check_run", "find_layout", "hub_cached", "preflight"]
 
-#: Text encoder specs built in code or shipped with textseg (no download).
-BUILTIN_TEXT: tuple[str, ...] = ("tiny", "bert-base", "minilm")
-#: Vision encoder specs built in code (no download).
-BUILTIN_VISION: tuple[str, ...] = ("tiny", "convnext-tiny")
 #: Datasets that are generated when their root does not exist (nothing to check).
 GENERATED: tuple[str, ...] = ("synthetic", "synthetic_ct")
 
@@ -79,10 +75,6 @@ def _offline() -> bool:
     )
 
 
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~", "\\")) or spec.count("/") > 1 or "\\" in spec
-
-
 def _encoder(spec: Any, kind: str, builtin: Sequence[str], option: str) -> list[str]:
     if not spec or spec in builtin:
         return []
@@ -90,7 +82,9 @@ def _encoder(spec: Any, kind: str, builtin: Sequence[str], option: str) -> list[
     local = Path(spec).expanduser()
     if local.is_dir():
         return []
-    if _looks_like_path(spec) or local.exists():
+    from textseg.models.encoders.vision import looks_like_path  # the encoders' own rule (imported when checking)
+
+    if looks_like_path(spec) or local.exists():
         return [f"{kind} encoder folder {spec} does not exist ({option}); pass a folder holding config.json and the "
                 f"weights, a Hub id, or one of {', '.join(builtin)}"]  # fmt: skip
     if _offline() and not hub_cached(spec):
@@ -165,8 +159,11 @@ def preflight(config: Mapping[str, Any], subcommand: str) -> list[str]:
     if subcommand == "predict":
         problems += _paths(data, "predict_images", "predict image folder", want_dir=True)
         problems += _paths(data, "predict_texts", "predict text file", want_dir=False)
-    problems += _encoder(init.get("text_encoder"), "text", BUILTIN_TEXT, "--model.init_args.text_encoder")
-    problems += _encoder(init.get("vision_encoder"), "vision", BUILTIN_VISION, "--model.init_args.vision_encoder")
+    from textseg.models.encoders.text import BUILTIN_TEXT_SPECS
+    from textseg.models.encoders.vision import BUILTIN_VISION_SPECS
+
+    problems += _encoder(init.get("text_encoder"), "text", BUILTIN_TEXT_SPECS, "--model.init_args.text_encoder")
+    problems += _encoder(init.get("vision_encoder"), "vision", BUILTIN_VISION_SPECS, "--model.init_args.vision_encoder")
     ckpt = config.get("ckpt_path")
     special = str(ckpt).split(":", 1)[0] in ("best", "last", "hpc", "registry")
     if ckpt and not special and not str(ckpt).startswith(("http://", "https://", "s3://", "gs://")):

@@ -111,7 +111,19 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"{path} is not readable JSON: {exc}") from exc
 
 
-def _data_facts(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+def _read_config(path: Path) -> Mapping[str, Any]:
+    """The run's ``config.yaml`` beside ``path`` (``{}`` without one)."""
+    config_path = path.parent / "config.yaml"
+    if not config_path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{config_path} is not readable YAML: {exc}") from exc
+    return config if isinstance(config, Mapping) else {}
+
+
+def _data_facts(path: Path, record: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """Dataset, label ratio and seed of a run: the record's ``data``, else ``split.json``, else ``config.yaml``."""
     keys = ("dataset", "labeled_ratio", "seed")
     facts: dict[str, Any] = {}
@@ -125,21 +137,15 @@ def _data_facts(path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
             for k in keys:
                 if k not in facts and split.get(k) is not None:
                     facts[k] = split[k]
-    config_path = path.parent / "config.yaml"
-    if len(facts) < len(keys) and config_path.is_file():
-        try:
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise DataError(f"{config_path} is not readable YAML: {exc}") from exc
-        data_cfg = config.get("data") if isinstance(config, Mapping) else None
-        if isinstance(data_cfg, Mapping):
-            for k in keys:
-                if k not in facts and data_cfg.get(k) is not None:
-                    facts[k] = data_cfg[k]
+    data_cfg = config.get("data")
+    if isinstance(data_cfg, Mapping):
+        for k in keys:
+            if k not in facts and data_cfg.get(k) is not None:
+                facts[k] = data_cfg[k]
     return facts
 
 
-def _run_settings(path: Path, record: Mapping[str, Any], hparams: Mapping[str, Any]) -> dict[str, Any]:
+def _run_settings(record: Mapping[str, Any], hparams: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings of a run that can change its results (see :attr:`RunResult.settings`).
 
     The data settings come from the record's ``data`` entry, else from the ``data`` section of the run's
@@ -147,14 +153,6 @@ def _run_settings(path: Path, record: Mapping[str, Any], hparams: Mapping[str, A
     absent (unknown), not ``None``.
     """
     settings: dict[str, Any] = dict(hparams)
-    config: Any = {}
-    config_path = path.parent / "config.yaml"
-    if config_path.is_file():
-        try:
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise DataError(f"{config_path} is not readable YAML: {exc}") from exc
-    config = config if isinstance(config, Mapping) else {}
     data = record.get("data") if isinstance(record.get("data"), Mapping) else config.get("data")
     if isinstance(data, Mapping):
         kept = {k: v for k, v in data.items() if k not in DATA_IGNORED and not str(k).startswith("_")}
@@ -188,7 +186,8 @@ def load_run(path: str | Path) -> list[RunResult]:
         raise DataError(f"{path}: expected an object with 'method', 'hparams' and 'metrics'")
     hparams = {k: v for k, v in dict(record.get("hparams") or {}).items() if not str(k).startswith("_")}
     metrics: Mapping[str, Any] = record["metrics"]
-    facts = _data_facts(path, record)
+    config = _read_config(path)  # read once: the data facts and the settings both use it
+    facts = _data_facts(path, record, config)
     if "labeled_ratio" not in facts:
         raise DataError(f"{path}: no labeled_ratio in its 'data', split.json or config.yaml")
     dataset = facts.get("dataset", "?")
@@ -197,7 +196,7 @@ def load_run(path: str | Path) -> list[RunResult]:
     # a composite run gives one result per dataset its test split had; a dataset evaluated nowhere has no keys
     evaluated = [n for n in names if f"test_dice_{n}" in metrics] if len(names) > 1 else []
     targets = [(n, f"_{n}") for n in evaluated] if evaluated else [(trained_on, "")]
-    settings = _run_settings(path, record, hparams)
+    settings = _run_settings(record, hparams, config)
     seed = facts.get("seed")
     results = []
     for name, postfix in targets:

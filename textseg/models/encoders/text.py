@@ -166,6 +166,10 @@ def _load_bert_directory(directory: Path) -> tuple[BertModel, BertTokenizer]:
     return model, tokenizer
 
 
+#: Text encoder specs built in code or shipped with textseg (nothing to download).
+BUILTIN_TEXT_SPECS: tuple[str, ...] = ("tiny", "bert-base", "minilm")
+
+
 def build_text_backbone(spec: str = "tiny") -> tuple[BertModel, BertTokenizer]:
     """Build the BERT backbone and tokenizer named by ``spec`` (see :class:`TextEncoder`).
 

@@ -38,6 +38,10 @@ def looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~", "\\")) or spec.count("/") > 1 or "\\" in spec
 
 
+#: Vision encoder specs built in code (nothing to download).
+BUILTIN_VISION_SPECS: tuple[str, ...] = ("tiny", "convnext-tiny")
+
+
 def build_vision_encoder(spec: str = "tiny") -> ConvNextModel:
     """Build the ConvNeXt vision encoder (``docs/methods.md`` §1.1 Decision).
 
