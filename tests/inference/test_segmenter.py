@@ -145,6 +145,7 @@ def test_save_and_reload(segmenter: Segmenter, trained: dict[str, Any], tmp_path
     assert "not for clinical use" in card and "2605.15720" in card and "MICCAI 2024" in card and "test_dice" in card
     run_card = json.loads((trained["ckpt"].parent.parent / "run_card.json").read_text())
     assert run_card["split"]["sha256"] in card and "training time" in card  # the training run's facts came along
+    assert "host" in run_card["hardware"] and "host" not in config["run"]["hardware"]  # the host name stays local
     assert card == (trained["ckpt"].parent.parent / "model_card.md").read_text()  # the run's own card
     reloaded = Segmenter.from_pretrained(folder, device="cpu")
     images, texts = trained["images"][:2], [TEXT, OTHER]

@@ -90,7 +90,8 @@ def find_run(checkpoint: Path) -> dict[str, Any]:
     for folder in (checkpoint.parent, checkpoint.parent.parent):
         facts = run_facts(folder)
         if facts:
-            return {k: plain(facts[k]) for k in RUN_KEYS if k in facts}
+            hardware = {k: v for k, v in (facts.get("hardware") or {}).items() if k != "host"}  # not shared
+            return {k: plain(hardware if k == "hardware" else facts[k]) for k in RUN_KEYS if k in facts}
     return {}
 
 
