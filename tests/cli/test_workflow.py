@@ -215,6 +215,24 @@ SWEEPS = {
 }
 
 
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "experiments").rglob("*sweep*.yaml")), ids=lambda p: p.relative_to(REPO).as_posix()
+)
+def test_experiment_sweeps_parse(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every experiment sweep expands, names configs that exist, and its first run parses in the CLI."""
+    sweep = load_sweep(path)
+    runs = build_runs(sweep, tmp_path, keep_wandb=False, source=path.name)
+    assert len(runs) == len(expand_grid(sweep)) > 1 and len({r.run_dir for r in runs}) == len(runs)
+    command = runs[0].command
+    configs = [command[i + 1] for i, t in enumerate(command) if t == "--config"]
+    assert configs and all((REPO / c).is_file() for c in configs)
+    args = [str(REPO / a) if a in configs else a for a in command[3:]]
+    with pytest.raises(SystemExit) as err:
+        main([*args, "--print_config"])
+    assert err.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["seed"] == runs[0].params["seed"]
+
+
 def test_sweep_files_expand_and_parse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert sorted(p.name for p in (CONFIGS / "sweeps").glob("*.yaml")) == sorted(SWEEPS)
     for name, count in SWEEPS.items():

@@ -110,6 +110,16 @@ def capture_logs(module: LightningModule, monkeypatch: pytest.MonkeyPatch) -> di
     return logged
 
 
+def unlabeled_terms(
+    module: SemiMedRefModule, batch: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, float]:
+    """The unlabeled loss terms and statistics that one ``training_step`` logs."""
+    logged = capture_logs(module, monkeypatch)
+    module.training_step(batch, 0)
+    keys = ("train_loss_unsup", "train_loss_itcl_unsup", "train_confident_ratio", "train_mix_accept_ratio")
+    return {k: logged[k] for k in keys if k in logged}
+
+
 def float_state(net: torch.nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
 
@@ -236,13 +246,13 @@ def test_burn_in_epoch_has_no_unsupervised_terms(
     qata_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    original = SemiMedRefModule._unlabeled_terms
+    original = SemiMedRefModule._unlabeled_view
 
     def spy(self: SemiMedRefModule, unl: dict[str, Any]) -> Any:
         calls.append(self.current_epoch)
         return original(self, unl)
 
-    monkeypatch.setattr(SemiMedRefModule, "_unlabeled_terms", spy)
+    monkeypatch.setattr(SemiMedRefModule, "_unlabeled_view", spy)
     module = semi(backbone="guidedecoder", burn_in_epochs=1, lambda_u_ramp_epochs=0, lambda_u=0.3)
     trainer = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0)
     trainer.fit(module, datamodule=make_dm(qata_root))
@@ -413,39 +423,42 @@ def test_unlabeled_terms_are_fixed_per_global_step(
     """Same global step -> identical losses whatever the global RNG; another step -> other draws."""
     module = semi(backbone="guidedecoder", **NO_BURN_IN, mix_prob=1.0, mix_mode="random", confidence=0.0)
     module.train()
-    unl = batch4["unlabeled"]
 
     def terms() -> dict[str, float]:
-        losses, stats = module._unlabeled_terms(unl)
-        return {k: float(v) for k, v in {**losses, **stats}.items()}
+        return unlabeled_terms(module, batch4, monkeypatch)
 
     torch.manual_seed(1)
     first = terms()
     torch.manual_seed(2)
     second = terms()
     assert first == second
-    assert set(first) == {"unsup", "itcl_unsup", "confident_ratio", "mix_accept_ratio"}
+    unlabeled = ("train_loss_unsup", "train_loss_itcl_unsup", "train_confident_ratio", "train_mix_accept_ratio")
+    assert set(first) == set(unlabeled)
     monkeypatch.setattr(SemiMedRefModule, "global_step", property(lambda self: 5))
     later = terms()
-    assert later["unsup"] != first["unsup"]  # other block positions / permutation
+    assert later["train_loss_unsup"] != first["train_loss_unsup"]  # other block positions / permutation
     assert later == terms()
 
 
-def test_hard_and_soft_pseudo_labels_differ_without_mixing(batch4: dict[str, dict[str, Any]]) -> None:
+def test_hard_and_soft_pseudo_labels_differ_without_mixing(
+    batch4: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     module = semi(backbone="guidedecoder", **NO_BURN_IN, mix="none")
     module.train()
-    hard = float(module._unlabeled_terms(batch4["unlabeled"])[0]["unsup"])
+    hard = unlabeled_terms(module, batch4, monkeypatch)["train_loss_unsup"]
     module.hparams["pseudo_label"] = "soft"
-    soft = float(module._unlabeled_terms(batch4["unlabeled"])[0]["unsup"])
+    soft = unlabeled_terms(module, batch4, monkeypatch)["train_loss_unsup"]
     assert hard != pytest.approx(soft, rel=1e-6)
 
 
-def test_soft_pseudo_label_reaches_mixed_target(batch4: dict[str, dict[str, Any]]) -> None:
+def test_soft_pseudo_label_reaches_mixed_target(
+    batch4: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     module = semi(backbone="guidedecoder", **NO_BURN_IN, mix="tpatchmix", mix_prob=1.0)
     module.train()
-    hard = float(module._unlabeled_terms(batch4["unlabeled"])[0]["unsup"])
+    hard = unlabeled_terms(module, batch4, monkeypatch)["train_loss_unsup"]
     module.hparams["pseudo_label"] = "soft"
-    soft = float(module._unlabeled_terms(batch4["unlabeled"])[0]["unsup"])
+    soft = unlabeled_terms(module, batch4, monkeypatch)["train_loss_unsup"]
     assert hard != pytest.approx(soft, rel=1e-6)
 
 

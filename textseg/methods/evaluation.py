@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from textseg.engine.runfiles import write_test_metrics
 from textseg.methods.runtime import RunHooks
 from textseg.models.encoders import TextEncoder
+from textseg.models.parts import can_run_parts, run_parts
 from textseg.models.types import SegOutput
 from textseg.ops.metrics import GroupedSegMetrics, binarize_logits
 
@@ -84,6 +85,22 @@ class Evaluation(RunHooks):
         image = part["image"] if image is None else image
         texts = part["text"] if texts is None else texts
         return self(image, texts, net, part.get("modality"))
+
+    def forward_parts(
+        self, parts: Sequence[tuple[Tensor, Sequence[str], Tensor | None]], batched: bool = True
+    ) -> list[SegOutput]:
+        """Run the student on several batch parts ``(image, texts, modality)``: one call when the maths allows.
+
+        With ``batched`` the parts go through the student as one concatenated batch whose BatchNorm layers keep
+        each part's statistics apart (:mod:`textseg.models.parts`): the outputs, gradients and running statistics of
+        separate calls in this order, in one forward and one backward. It falls back to separate calls when the
+        images differ in channels, size or dtype, when only some parts have modality codes, or when a BatchNorm
+        layer cannot keep parts apart (e.g. after a ``SyncBatchNorm`` conversion).
+        """
+        kinds = {(image.shape[1:], image.dtype, modality is None) for image, _, modality in parts}
+        if batched and len(parts) > 1 and len(kinds) == 1 and can_run_parts(self.net):
+            return run_parts(lambda i, t, m: self(i, t, self.net, m), self.net, parts)
+        return [self(image, texts, self.net, modality) for image, texts, modality in parts]
 
     def _evaluate(self, batch: dict[str, Any], prefix: str) -> Tensor:
         out = self.forward_batch(batch, self.eval_net)

@@ -24,6 +24,15 @@ from textseg.models.types import SegOutput
 from textseg.ops import boxes, mixing, text_aug
 from textseg.ops.ema import linear_ramp, semimedref_momentum
 from textseg.ops.losses import clip_loss, itcl_loss
+from textseg.ops.transfer import to_device
+
+#: A student input: images ``[B, C, H, W]``, their texts and modality codes (or ``None``).
+View = tuple[Tensor, list[str], Tensor | None]
+
+
+def _view(part: dict[str, Any]) -> View:
+    """A batch part's own images, texts and modality codes as a student input."""
+    return part["image"], list(part["text"]), part.get("modality")
 
 
 class SemiMedRefModule(TeacherStudentModule):
@@ -61,6 +70,9 @@ class SemiMedRefModule(TeacherStudentModule):
         itcl_temperature: tau (0.07).
         lambda_itcl_sup: Weight of the labeled ITCL term (0.02).
         lambda_itcl_unsup: Weight of the unlabeled ITCL term on the weak pair (0.1).
+        batched_student: Run the student's labeled, mixed and weak-view forwards as one batched call, each part
+            keeping its own BatchNorm statistics (``docs/methods.md`` §6.6); ``False`` runs them one after another
+            (the same maths up to dropout masks, more kernel launches).
         aug_seed: Seed of the per-step mixing and text-augmentation streams (a function of this seed, the global
             step and the rank, so a resumed run draws the same). Named apart from the DataModule's ``seed``.
         **kwargs: Base arguments (:class:`~textseg.methods.base.TextSegModule`); the teacher, its update and the
@@ -97,6 +109,7 @@ class SemiMedRefModule(TeacherStudentModule):
         itcl_temperature: float = 0.07,
         lambda_itcl_sup: float = 0.02,
         lambda_itcl_unsup: float = 0.1,
+        batched_student: bool = True,
         aug_seed: int = 42,
         **kwargs: Any,
     ) -> None:
@@ -142,22 +155,37 @@ class SemiMedRefModule(TeacherStudentModule):
 
     # ------------------------------------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """Eq. 5: supervised DiceCE + labeled ITCL, and after burn-in the ramped unlabeled branch."""
+        """Eq. 5: supervised DiceCE + labeled ITCL, and after burn-in the ramped unlabeled branch.
+
+        The student sees up to three parts -- the labeled pairs, the mixed strong view with augmented text, the weak
+        unlabeled pair for ITCL -- in one batched call (``batched_student``, :meth:`forward_parts`).
+        """
         hp = self.hp
         lab = batch["labeled"]
-        out = self.forward_batch(lab)
-        terms = {"sup": self.seg_loss(out["logits"], lab["mask"])}
+        lam = self.lambda_u_now()
+        semi = self.teacher is not None and "unlabeled" in batch and not self.in_burn_in and lam > 0
+        views = [_view(lab)]
+        if semi:
+            unl = batch["unlabeled"]
+            mixed_view, target, stats = self._unlabeled_view(unl)
+            views.append(mixed_view)
+            if hp.contrastive != "none" and hp.lambda_itcl_unsup > 0:
+                views.append(_view(unl))
+        outs = self.forward_parts(views, batched=hp.batched_student)
+        terms = {"sup": self.seg_loss(outs[0]["logits"], lab["mask"])}
         loss = terms["sup"]
         if hp.contrastive != "none" and hp.lambda_itcl_sup > 0:
-            terms["itcl_sup"] = self._contrastive(out, lab["position"])
+            terms["itcl_sup"] = self._contrastive(outs[0], lab["position"])
             loss = loss + hp.lambda_itcl_sup * terms["itcl_sup"]
-        lam = self.lambda_u_now()
-        if self.teacher is not None and "unlabeled" in batch and not self.in_burn_in and lam > 0:
-            unsup, stats = self._unlabeled_terms(batch["unlabeled"])
+        n = len(lab["text"])
+        if semi:
+            student = outs[1]["logits"]
+            unsup = {"unsup": self.seg_loss(student, target.to(student.dtype))}
+            if len(outs) > 2:
+                unsup["itcl_unsup"] = self._contrastive(outs[2], unl["position"])
             terms.update(unsup)
             loss = loss + lam * sum(self._unsup_weight(k) * v for k, v in unsup.items())
-            self.log_dict({f"train_{k}": v for k, v in stats.items()}, batch_size=len(lab["text"]))
-        n = len(lab["text"])
+            self.log_dict({f"train_{k}": v for k, v in stats.items()}, batch_size=n)
         self.log_dict({f"train_loss_{k}": v for k, v in terms.items()}, batch_size=n)
         self.log_dict({"train_lambda_u": lam, "train_ema_momentum": self.momentum_now()}, batch_size=n)
         self.log("train_loss", loss, batch_size=n, prog_bar=True)
@@ -172,8 +200,12 @@ class SemiMedRefModule(TeacherStudentModule):
             return clip_loss(out["image_embed"], out["text_embed"], hp.itcl_temperature)
         return itcl_loss(out["image_embed"], out["text_embed"], positions, hp.itcl_temperature)
 
-    def _unlabeled_terms(self, unl: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Teacher pseudo-labels on the weak view, student on the strong, mixed, re-phrased view (Eqs. 3-4, 6-8)."""
+    def _unlabeled_view(self, unl: dict[str, Any]) -> tuple[View, Tensor, dict[str, Tensor]]:
+        """Teacher pseudo-labels on the weak view; the student's strong, mixed, re-phrased view (Eqs. 3-4, 6-8).
+
+        Returns:
+            The student's view ``(image, texts, modality)``, its pseudo-label target and the logged statistics.
+        """
         hp = self.hp
         assert self.teacher is not None
         gen, rng = self.step_generators()
@@ -187,11 +219,7 @@ class SemiMedRefModule(TeacherStudentModule):
             image, target, texts, stats["mix_accept_ratio"] = self._mix(image, probs, target, texts, gen)
         if hp.spc:
             image, target, texts = self._spc(image, target, texts, gen)
-        student = self.forward_batch(unl, image=image, texts=texts)
-        terms = {"unsup": self.seg_loss(student["logits"], target.to(student["logits"].dtype))}
-        if hp.contrastive != "none" and hp.lambda_itcl_unsup > 0:
-            terms["itcl_unsup"] = self._contrastive(self.forward_batch(unl), unl["position"])
-        return terms, stats
+        return (image, texts, unl.get("modality")), target, stats
 
     def _augment_text(self, caption: str, rng: random.Random) -> str:
         hp = self.hp
@@ -219,7 +247,7 @@ class SemiMedRefModule(TeacherStudentModule):
     ) -> tuple[Tensor, Tensor, list[str], Tensor]:
         """T-PatchMix (or naive CutMix) of the student view, its pseudo-label and its text."""
         hp = self.hp
-        perm = mixing.random_permutation(image.shape[0], gen).to(image.device)
+        perm = mixing.random_permutation(image.shape[0], gen, device=image.device)
         masks = self._block_masks(probs, perm, texts, gen)
         if hp.mix == "cutmix":
             mixed = mixing.t_patchmix(image, probs, perm, masks, 0.0, hp.confidence, gate_before_paste=True)
@@ -247,7 +275,7 @@ class SemiMedRefModule(TeacherStudentModule):
     ) -> tuple[Tensor, Tensor, list[str]]:
         """SPC (RESMatch): flip the student view horizontally and swap left/right in its text."""
         flip = torch.rand(image.shape[0], generator=gen) < self.hp.spc_prob
-        idx = flip.nonzero().flatten().to(image.device)
+        idx = to_device(flip.nonzero().flatten(), image.device)
         image, target = image.clone(), target.clone()
         image[idx], target[idx] = image[idx].flip(-1), target[idx].flip(-1)
         texts = [text_aug.swap_left_right(t) if f else t for t, f in zip(texts, flip.tolist(), strict=True)]

@@ -43,6 +43,7 @@ def build_core(
         num_experts: Gated visual experts per TextMoE MoE layer (2). Ignored by the other backbones.
     """
     from textseg.models.encoders import build_vision_encoder, load_fb_convnext_checkpoint
+    from textseg.models.parts import convert_part_batchnorm
 
     vision = build_vision_encoder(vision_encoder)
     if vision_checkpoint:
@@ -50,23 +51,25 @@ def build_core(
     if backbone == "guidedecoder":
         from textseg.models.guidedecoder import GuideDecoderCore
 
-        return GuideDecoderCore(
+        core: nn.Module = GuideDecoderCore(
             vision,
             text_dim,
             alpha_init=guide_alpha,
             project_dim=project_dim,
             use_padding_mask=use_padding_mask,
         )
-    if backbone == "mmiunet":
+    elif backbone == "mmiunet":
         from textseg.models.mmiunet import MMIUNetCore
 
-        return MMIUNetCore(
+        core = MMIUNetCore(
             vision, text_dim, use_eca=use_eca, project_dim=project_dim, use_padding_mask=use_padding_mask
         )
-    if backbone == "textmoe":
+    elif backbone == "textmoe":
         from textseg.models.textmoe import TextMoECore
 
-        return TextMoECore(
+        core = TextMoECore(
             vision, text_dim, expert=moe_expert, num_experts=num_experts, use_padding_mask=use_padding_mask
         )
-    raise ValueError(f"unknown backbone {backbone!r}; expected 'guidedecoder', 'mmiunet' or 'textmoe'")
+    else:
+        raise ValueError(f"unknown backbone {backbone!r}; expected 'guidedecoder', 'mmiunet' or 'textmoe'")
+    return convert_part_batchnorm(core)  # per-part BatchNorm statistics for batched forwards (models/parts.py)

@@ -23,6 +23,7 @@ from torch import Tensor
 from textseg.errors import DataError
 from textseg.ops import text_aug
 from textseg.ops.asserts import assert_on_device
+from textseg.ops.transfer import to_device
 
 #: Horizontal halves, image sides in display orientation (``docs/data.md`` Sec. 9).
 SIDES: tuple[str, str] = ("left", "right")
@@ -62,7 +63,7 @@ def _check_map(name: str, t: Tensor, batch: int | None = None, channels: int | N
 def _uniform(n: int, generator: torch.Generator, device: torch.device | None) -> Tensor:
     """``n`` float64 draws from U[0, 1) on the generator's device, moved to ``device``."""
     u = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
-    return u if device is None else u.to(device)
+    return to_device(u, device)
 
 
 def _float_dtype(t: Tensor) -> torch.dtype:
@@ -144,7 +145,7 @@ def boxes_to_mask(boxes: Tensor, height: int, width: int, active: Tensor | None 
     if active is not None:
         if active.shape != (boxes.shape[0],):
             raise DataError(f"active must have shape [{boxes.shape[0]}], got {tuple(active.shape)}")
-        mask = mask & active.to(device=boxes.device, dtype=torch.bool)[:, None, None]
+        mask = mask & to_device(active, boxes.device, torch.bool)[:, None, None]
     return mask[:, None].to(torch.float32)
 
 
@@ -237,7 +238,7 @@ def sample_box_blocks(
     assert_on_device(~bad.any(), f"sample_box_blocks: a box is empty or outside the {height}x{width} image")
     dev = boxes.device if device is None else torch.device(device)
     u = _uniform(3 * n, generator, dev).view(3, n)
-    r0, r1, c0, c1, ok = r0.to(dev), r1.to(dev), c0.to(dev), c1.to(dev), ok.to(dev)
+    r0, r1, c0, c1, ok = (to_device(t, dev) for t in (r0, r1, c0, c1, ok))
     active = ok & (u[0] < prob)
     top, bh = _place(r0, r1, block, u[1])
     left, bw = _place(c0, c1, block, u[2])

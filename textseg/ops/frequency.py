@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from textseg.errors import DataError
+from textseg.ops.transfer import to_device
 
 __all__ = [
     "EXCHANGE_MODES",
@@ -219,8 +220,8 @@ def sample_partners(modality: Tensor, exchangeable: Tensor, generator: torch.Gen
     n = modality.shape[0]
     _check_labels(modality, exchangeable, n)
     device = modality.device
-    u = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64).to(device)
-    exch = exchangeable.to(device)
+    u = to_device(torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64), device)
+    exch = to_device(exchangeable, device)
     cand = exch[:, None] & exch[None, :] & (modality[:, None] != modality[None, :])
     csum = cand.to(torch.long).cumsum(dim=1)
     count = csum[:, -1] if n else torch.zeros(0, dtype=torch.long, device=device)
@@ -290,8 +291,8 @@ def frequency_exchange(
     _check_radius(legacy_radius)
     _check_labels(modality, exchangeable, n)
     device = images.device
-    modality = modality.to(device)
-    exchangeable = exchangeable.to(device)
+    modality = to_device(modality, device)
+    exchangeable = to_device(exchangeable, device)
 
     if mode == "legacy":
         if not bool(exchangeable.any()):

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from textseg.errors import DataError
 from textseg.ops.boxes import _check_map, _float_dtype
+from textseg.ops.transfer import to_device
 
 __all__ = [
     "MixResult",
@@ -155,7 +156,7 @@ def t_patchmix(
         raise DataError(
             f"t_patchmix: perm must be an integer tensor of shape [{n}], got {perm.dtype} {tuple(perm.shape)}"
         )
-    idx = perm.to(device=images.device, dtype=torch.long)
+    idx = to_device(perm, images.device, torch.long)
     images_j = images.index_select(0, idx)
     probs_j = probs.index_select(0, idx.to(probs.device))
     gated, ratio = lesion_gate(masks, probs_j, delta=delta)
@@ -215,6 +216,13 @@ def confident_fraction(probs: Tensor, delta: float) -> Tensor:
     return conf.to(torch.float32).mean()
 
 
+def _has_fixed_point(perm: Tensor) -> bool:
+    """Whether ``perm[i] == i`` for some ``i``: read as Python ints for a host tensor, no dispatched op."""
+    if perm.device.type == "cpu":
+        return any(i == j for i, j in enumerate(perm.tolist()))
+    return bool((perm == torch.arange(len(perm), device=perm.device)).any())  # device draws: a read-back each
+
+
 def random_permutation(
     batch: int,
     generator: torch.Generator,
@@ -243,9 +251,9 @@ def random_permutation(
     if batch < 0:
         raise DataError(f"random_permutation: batch must be >= 0, got {batch!r}")
     gdev = generator.device
-    ar = torch.arange(batch, device=gdev)
     perm = torch.randperm(batch, generator=generator, device=gdev)
     if derangement and batch > 1:
-        while bool((perm == ar).any()):
+        # rejection sampling: uniform over derangements; a host generator's draws are checked on the host
+        while _has_fixed_point(perm):
             perm = torch.randperm(batch, generator=generator, device=gdev)
-    return perm if device is None else perm.to(device)
+    return to_device(perm, device)
