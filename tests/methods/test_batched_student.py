@@ -10,6 +10,8 @@ import torch
 from test_methods import NO_BURN_IN, capture_logs, make_dm, semi
 from torch import nn
 
+from textseg.ops.text_aug import swap_left_right
+
 
 @pytest.fixture(scope="module")
 def batch_3_2(qata_root: Path) -> dict[str, dict[str, Any]]:
@@ -65,3 +67,33 @@ def test_burn_in_step_is_one_labeled_call(batch_3_2: dict[str, Any], monkeypatch
     capture_logs(module, monkeypatch)
     module.train().training_step(batch_3_2, 0)
     assert calls == [3]
+
+
+@pytest.mark.parametrize("spc", [False, True])
+@pytest.mark.parametrize("confidence", [0.0, 1.0])
+def test_span_mixed_text_is_picked_on_the_device(
+    confidence: float, spc: bool, batch_3_2: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mixed view's text features are those of the span-mixed text where the mix was accepted, else its own."""
+    module = semi(backbone="guidedecoder", **NO_BURN_IN, mix_prob=1.0, mix_mode="random", spc=spc, spc_prob=0.5)
+    module.hparams["confidence"] = confidence
+    module.train()
+    unl = batch_3_2["unlabeled"]
+    (_, features, _), _, _ = module._unlabeled_view(unl)
+    # the same draws again (they depend only on the global step), with the accept flags read on the host here
+    gen, rng = module.step_generators()
+    with torch.no_grad():
+        probs = torch.sigmoid(module.forward_batch(unl, module.teacher)["logits"].float())
+    texts = [module._augment_text(t, rng) for t in unl["text"]]
+    image, target = unl["image_strong"], (probs >= confidence).float()
+    _, _, spans, accepted, _ = module._mix(image, probs, target, texts, gen)
+    assert spans is not None
+    expected = [s if ok else t for s, t, ok in zip(spans, texts, accepted.tolist(), strict=True)]
+    assert accepted.tolist() == [confidence == 0.0] * len(texts)  # both branches: every mix accepted, or none
+    assert all(s != t for s, t in zip(spans, texts, strict=True))
+    if spc:
+        flip = (torch.rand(len(texts), generator=gen) < 0.5).tolist()
+        expected = [swap_left_right(t) if f else t for t, f in zip(expected, flip, strict=True)]
+    reference = module.text_encoder(expected)
+    for key in ("tokens", "mask", "pooled"):
+        torch.testing.assert_close(getattr(features, key), getattr(reference, key))

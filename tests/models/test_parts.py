@@ -14,6 +14,7 @@ from textseg.models.parts import (
     convert_part_batchnorm,
     run_parts,
 )
+from textseg.models.types import SegOutput, TextFeatures
 
 TEXTS = [
     "Bilateral pulmonary infection, two infected areas, lower left lung and middle right lung.",
@@ -112,8 +113,10 @@ def test_network_batched_call_is_separate_calls(backbone: str) -> None:
     starts = [0, 2, 3]
     parts = [(images[s : s + n], TEXTS[s : s + n], codes[s : s + n]) for s, n in zip(starts, SIZES, strict=True)]
 
-    def call(image: torch.Tensor, texts: list[str], modality: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def call(image: torch.Tensor, texts: list[str], modality: torch.Tensor | None) -> SegOutput:
         return module(image, texts, net, modality)
+
+    features = module.text_encoder(TEXTS)
 
     def loss(outs: list) -> torch.Tensor:
         total = sum(o["logits"].square().mean() * (i + 1) for i, o in enumerate(outs))
@@ -126,7 +129,8 @@ def test_network_batched_call_is_separate_calls(backbone: str) -> None:
     stats = _bn_state(net)
     net.load_state_dict(state)
     net.zero_grad()
-    batched = run_parts(call, net, parts)
+    images, codes = [p[0] for p in parts], [p[2] for p in parts]
+    batched = run_parts(lambda image, modality: module(image, features, net, modality), net, images, codes)
     loss(batched).backward()
     for one, other in zip(batched, separate, strict=True):
         assert one.keys() == other.keys()
@@ -148,3 +152,18 @@ def test_parts_trace_as_one_graph() -> None:
     with batchnorm_parts(net, SIZES):
         explained = torch._dynamo.explain(net)(torch.randn(5, 1, 64, 64), text)
     assert explained.graph_break_count == 0
+
+
+def test_text_features_split_cat_where() -> None:
+    torch.manual_seed(0)
+    a = TextFeatures(torch.randn(3, 4, 2), torch.rand(3, 4) > 0.5, torch.randn(3, 2))
+    b = TextFeatures(torch.randn(3, 4, 2), torch.rand(3, 4) > 0.5, torch.randn(3, 2))
+    parts = a.split([1, 2])
+    assert [len(p) for p in parts] == [1, 2]
+    joined = TextFeatures.cat([*parts, b])
+    assert len(joined) == 6 and TextFeatures.cat([a]) is a
+    torch.testing.assert_close(joined.tokens[3:], b.tokens)
+    picked = a.where(torch.tensor([True, False, True]), b)
+    for key in ("tokens", "mask", "pooled"):
+        got, mine, other = getattr(picked, key), getattr(a, key), getattr(b, key)
+        assert torch.equal(got[0], mine[0]) and torch.equal(got[1], other[1]) and torch.equal(got[2], mine[2])

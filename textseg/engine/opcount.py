@@ -9,7 +9,11 @@ data loading -- and sorts them into:
 * **launching** ops: everything except views, ``empty*``, ``detach``, ``alias``, ``lift_fresh`` and
   ``_local_scalar_dense`` (on a GPU each launching op is at least one kernel);
 * **sync-type** ops (:data:`SYNC_OPS`): ops whose result the host must wait for (``.item()``, ``bool(tensor)``,
-  ``nonzero``...). The host-side ``step`` scalars of torch's optimizers are not counted (they live on the CPU).
+  ``nonzero``...). The host-side ``step`` scalars of torch's optimizers are not counted (they live on the CPU);
+* **host reads** (:data:`HOST_READS`): ``Tensor.tolist``/``numpy``/``cpu`` calls, which read values without
+  dispatching an op, so the dispatcher cannot see them. On a CPU run a read of a host tensor (tokenizer output, a
+  draw of the step's CPU generator) looks like a read of a device tensor (a sync on a GPU), so each is listed with
+  the line that made it, and the test pins those lines.
 
 ``benchmarks/step_ops.py`` reports the counts for every method and backbone; ``tests/engine/test_opcount.py`` pins
 the sync-type count of each method's step.
@@ -17,21 +21,25 @@ the sync-type count of each method's step.
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["NON_LAUNCHING", "SYNC_OPS", "OpCountingMode", "OpCounts", "StepOpCounter", "count_step"]
+__all__ = ["HOST_READS", "NON_LAUNCHING", "SYNC_OPS", "OpCountingMode", "OpCounts", "StepOpCounter", "count_step"]
 
 #: Ops whose result the host waits for.
 SYNC_OPS: frozenset[str] = frozenset(
     {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select", "_unique", "_unique2", "unique_dim",
      "unique_consecutive", "repeat_interleave", "item"}
 )  # fmt: skip
+#: Tensor methods that read values to the host without dispatching an op.
+HOST_READS: tuple[str, ...] = ("tolist", "numpy", "cpu")
 #: Ops that launch no kernel (besides views).
 NON_LAUNCHING: frozenset[str] = frozenset(
     {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach", "alias", "lift_fresh",
@@ -48,12 +56,14 @@ class OpCounts:
         launching: Kernel-launching ops, by name.
         syncs: Sync-type ops, by name and where they were called (``file:line``).
         optimizer_scalars: ``.item()`` calls on the optimizer's host-side ``step`` scalars (not syncs).
+        host_reads: :data:`HOST_READS` calls, by method and where they were called (``file:line``).
     """
 
     ops: Counter[str] = field(default_factory=Counter)
     launching: Counter[str] = field(default_factory=Counter)
     syncs: Counter[str] = field(default_factory=Counter)
     optimizer_scalars: int = 0
+    host_reads: Counter[str] = field(default_factory=Counter)
 
     def totals(self) -> dict[str, int]:
         """``{"aten_ops", "launching_ops", "sync_ops"}``."""
@@ -64,9 +74,9 @@ class OpCounts:
         }
 
 
-def _caller() -> tuple[str, bool]:
+def _caller(depth: int = 3) -> tuple[str, bool]:
     """Where a sync-type op was called from (the innermost textseg or user frame) and whether torch.optim did."""
-    frames = [f for f in traceback.extract_stack()[:-3] if not f.filename.endswith("opcount.py")]
+    frames = [f for f in traceback.extract_stack()[:-depth] if not f.filename.endswith("opcount.py")]
     # Lightning runs training_step and backward inside optimizer.step(closure): only a sync whose innermost
     # textseg-or-optimizer frame is torch.optim's own is an optimizer scalar
     owners = [f for f in frames if "/torch/optim/" in f.filename or "/textseg/" in f.filename]
@@ -77,11 +87,36 @@ def _caller() -> tuple[str, bool]:
 
 
 class OpCountingMode(TorchDispatchMode):
-    """A dispatch mode adding every aten op it sees to an :class:`OpCounts`."""
+    """A dispatch mode adding every aten op it sees, and every :data:`HOST_READS` call, to an :class:`OpCounts`."""
 
     def __init__(self, counts: OpCounts) -> None:
         super().__init__()
         self.counts = counts
+        self._originals: dict[str, Any] = {}
+
+    def __enter__(self) -> OpCountingMode:
+        """Start counting; the host-read methods of ``torch.Tensor`` record their callers until exit."""
+        for name in HOST_READS:
+            original = self._originals[name] = getattr(torch.Tensor, name)
+            setattr(torch.Tensor, name, self._recording(name, original))
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        """Stop counting and restore ``torch.Tensor``."""
+        super().__exit__(*exc)
+        for name, original in self._originals.items():
+            setattr(torch.Tensor, name, original)
+        self._originals.clear()
+
+    def _recording(self, name: str, original: Any) -> Any:
+        counts = self.counts
+
+        @functools.wraps(original)
+        def read(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            counts.host_reads[f"{name} @ {_caller(depth=2)[0]}"] += 1
+            return original(tensor, *args, **kwargs)
+
+        return read
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         """Count ``func`` by kind, then run it."""

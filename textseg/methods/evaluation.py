@@ -18,8 +18,11 @@ from textseg.engine.runfiles import write_test_metrics
 from textseg.methods.runtime import RunHooks
 from textseg.models.encoders import TextEncoder
 from textseg.models.parts import can_run_parts, run_parts
-from textseg.models.types import SegOutput
+from textseg.models.types import SegOutput, TextFeatures
 from textseg.ops.metrics import GroupedSegMetrics, binarize_logits
+
+#: Texts of a batch part: ``B`` strings, or their features from the text encoder.
+Texts = Sequence[str] | TextFeatures
 
 
 class Evaluation(RunHooks):
@@ -51,25 +54,30 @@ class Evaluation(RunHooks):
         teacher = getattr(self, "teacher", None)
         return teacher if self.hp.eval_teacher and teacher is not None else self.net
 
+    def encode(self, texts: Texts) -> TextFeatures:
+        """Text features of ``texts`` from the frozen text encoder (features are passed through)."""
+        return texts if isinstance(texts, TextFeatures) else self.text_encoder(list(texts))
+
     def forward(
-        self, image: Tensor, texts: Sequence[str], net: nn.Module | None = None, modality: Tensor | None = None
+        self, image: Tensor, texts: Texts, net: nn.Module | None = None, modality: Tensor | None = None
     ) -> SegOutput:
         """Run ``net`` (default: the student) on images ``[B, 1|3, H, W]``, their texts and modality codes ``[B]``.
 
-        The modality is passed on only to cores that declare ``takes_modality`` (TextMoE's gate).
+        ``texts`` are ``B`` strings or their :class:`~textseg.models.types.TextFeatures`. The modality is passed on
+        only to cores that declare ``takes_modality`` (TextMoE's gate).
         """
         net = net or self.net
         if self.hp.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         extra = {"modality": modality} if getattr(net, "takes_modality", False) else {}
-        return net(image, self.text_encoder(list(texts)), **extra)
+        return net(image, self.encode(texts), **extra)
 
     def forward_batch(
         self,
         part: Mapping[str, Any],
         net: nn.Module | None = None,
         image: Tensor | None = None,
-        texts: Sequence[str] | None = None,
+        texts: Texts | None = None,
     ) -> SegOutput:
         """Run ``net`` (default: the student) on a batch part, always with the part's modality codes.
 
@@ -77,7 +85,7 @@ class Evaluation(RunHooks):
             part: A batch dict with ``image``, ``text`` and (optionally) ``modality`` (:mod:`textseg.data.transforms`).
             net: The network to run (student by default; the teacher or :attr:`eval_net`).
             image: Images to use instead of ``part["image"]`` (e.g. a mixed strong view of the same samples).
-            texts: Texts to use instead of ``part["text"]`` (e.g. augmented texts of the same samples).
+            texts: Texts (or their features) to use instead of ``part["text"]`` (e.g. augmented texts).
 
         Returns:
             The network's :class:`~textseg.models.types.SegOutput`.
@@ -87,20 +95,32 @@ class Evaluation(RunHooks):
         return self(image, texts, net, part.get("modality"))
 
     def forward_parts(
-        self, parts: Sequence[tuple[Tensor, Sequence[str], Tensor | None]], batched: bool = True
+        self, parts: Sequence[tuple[Tensor, Texts, Tensor | None]], batched: bool = True
     ) -> list[SegOutput]:
         """Run the student on several batch parts ``(image, texts, modality)``: one call when the maths allows.
 
         With ``batched`` the parts go through the student as one concatenated batch whose BatchNorm layers keep
         each part's statistics apart (:mod:`textseg.models.parts`): the outputs, gradients and running statistics of
-        separate calls in this order, in one forward and one backward. It falls back to separate calls when the
-        images differ in channels, size or dtype, when only some parts have modality codes, or when a BatchNorm
-        layer cannot keep parts apart (e.g. after a ``SyncBatchNorm`` conversion).
+        separate calls in this order, in one forward and one backward; the texts of all parts are encoded in one
+        text-encoder call. It falls back to separate calls when the images differ in channels, size or dtype, when
+        only some parts have modality codes, or when a BatchNorm layer cannot keep parts apart (e.g. after a
+        ``SyncBatchNorm`` conversion).
         """
         kinds = {(image.shape[1:], image.dtype, modality is None) for image, _, modality in parts}
-        if batched and len(parts) > 1 and len(kinds) == 1 and can_run_parts(self.net):
-            return run_parts(lambda i, t, m: self(i, t, self.net, m), self.net, parts)
-        return [self(image, texts, self.net, modality) for image, texts, modality in parts]
+        if not (batched and len(parts) > 1 and len(kinds) == 1 and can_run_parts(self.net)):
+            return [self(image, texts, self.net, modality) for image, texts, modality in parts]
+        features = self._encode_joined([texts for _, texts, _ in parts])
+        images, codes = [p[0] for p in parts], [p[2] for p in parts]
+        return run_parts(lambda image, modality: self(image, features, self.net, modality), self.net, images, codes)
+
+    def _encode_joined(self, parts: Sequence[Texts]) -> TextFeatures:
+        """The features of every part's texts, concatenated in order; one encoder call for all string parts."""
+        strings = [list(p) for p in parts if not isinstance(p, TextFeatures)]
+        encoded = self.text_encoder([t for p in strings for t in p]) if strings else None
+        if len(strings) == len(parts) and encoded is not None:
+            return encoded
+        pieces = iter(encoded.split([len(p) for p in strings]) if encoded is not None else [])
+        return TextFeatures.cat([p if isinstance(p, TextFeatures) else next(pieces) for p in parts])
 
     def _evaluate(self, batch: dict[str, Any], prefix: str) -> Tensor:
         out = self.forward_batch(batch, self.eval_net)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from textseg.errors import check_range
+from textseg.methods.evaluation import Texts
 from textseg.methods.teacher import TeacherStudentModule
 from textseg.models.types import SegOutput
 from textseg.ops import boxes, mixing, text_aug
@@ -26,8 +27,8 @@ from textseg.ops.ema import linear_ramp, semimedref_momentum
 from textseg.ops.losses import clip_loss, itcl_loss
 from textseg.ops.transfer import to_device
 
-#: A student input: images ``[B, C, H, W]``, their texts and modality codes (or ``None``).
-View = tuple[Tensor, list[str], Tensor | None]
+#: A student input: images ``[B, C, H, W]``, their texts (or text features) and modality codes (or ``None``).
+View = tuple[Tensor, Texts, Tensor | None]
 
 
 def _view(part: dict[str, Any]) -> View:
@@ -203,8 +204,12 @@ class SemiMedRefModule(TeacherStudentModule):
     def _unlabeled_view(self, unl: dict[str, Any]) -> tuple[View, Tensor, dict[str, Tensor]]:
         """Teacher pseudo-labels on the weak view; the student's strong, mixed, re-phrased view (Eqs. 3-4, 6-8).
 
+        The text of an accepted mix is the span-mixed text, decided on the device: both candidate texts are encoded
+        and each sample's features are picked by its accept flag, so the host never waits for the flags.
+
         Returns:
-            The student's view ``(image, texts, modality)``, its pseudo-label target and the logged statistics.
+            The student's view ``(image, texts or text features, modality)``, its pseudo-label target and the logged
+            statistics.
         """
         hp = self.hp
         assert self.teacher is not None
@@ -215,11 +220,18 @@ class SemiMedRefModule(TeacherStudentModule):
         texts = [self._augment_text(t, rng) for t in unl["text"]]
         target = mixing.pseudo_label(probs, hp.confidence, hp.pseudo_label, hp.soft_temperature)
         stats = {"confident_ratio": mixing.confident_fraction(probs, hp.confidence)}
+        spans: list[str] | None = None  # every sample's text if its mix is accepted
+        accepted = torch.zeros(0, dtype=torch.bool)
         if hp.mix != "none":
-            image, target, texts, stats["mix_accept_ratio"] = self._mix(image, probs, target, texts, gen)
+            image, target, spans, accepted, stats["mix_accept_ratio"] = self._mix(image, probs, target, texts, gen)
         if hp.spc:
-            image, target, texts = self._spc(image, target, texts, gen)
-        return (image, texts, unl.get("modality")), target, stats
+            image, target, flip = self._spc(image, target, gen)
+            texts = _swap_sides(texts, flip)
+            spans = _swap_sides(spans, flip) if spans is not None else None
+        if spans is None:
+            return (image, texts, unl.get("modality")), target, stats
+        mixed_text, own_text = self.encode(spans + texts).split([len(texts), len(texts)])
+        return (image, mixed_text.where(accepted, own_text), unl.get("modality")), target, stats
 
     def _augment_text(self, caption: str, rng: random.Random) -> str:
         hp = self.hp
@@ -230,13 +242,17 @@ class SemiMedRefModule(TeacherStudentModule):
         return caption
 
     def _block_masks(self, probs: Tensor, perm: Tensor, texts: list[str], gen: torch.Generator) -> Tensor:
-        """Draw the block masks M_i of T-PatchMix (position-constrained, probability-driven or random)."""
+        """Draw the block masks M_i of T-PatchMix (position-constrained, probability-driven or random).
+
+        ``perm`` is the partner permutation on the host (the position boxes read it there).
+        """
         hp = self.hp
         b, _, h, w = probs.shape
         if hp.mix == "cutmix":
             return boxes.cutmix_boxes(b, h, w, gen, device=probs.device)
         if hp.mix_mode == "prob":
-            return boxes.sample_prob_blocks(probs[perm], hp.confidence, hp.mix_block, hp.mix_prob, gen)
+            partner_probs = probs.index_select(0, to_device(perm, probs.device))
+            return boxes.sample_prob_blocks(partner_probs, hp.confidence, hp.mix_block, hp.mix_prob, gen)
         if hp.mix_mode == "random":
             return boxes.sample_random_blocks(b, hp.mix_block, hp.mix_prob, h, w, gen, device=probs.device)
         regions, allowed = boxes.position_boxes(texts, perm, h, w)  # [B, 4] on the CPU, checked there
@@ -244,14 +260,20 @@ class SemiMedRefModule(TeacherStudentModule):
 
     def _mix(
         self, image: Tensor, probs: Tensor, target: Tensor, texts: list[str], gen: torch.Generator
-    ) -> tuple[Tensor, Tensor, list[str], Tensor]:
-        """T-PatchMix (or naive CutMix) of the student view, its pseudo-label and its text."""
+    ) -> tuple[Tensor, Tensor, list[str] | None, Tensor, Tensor]:
+        """T-PatchMix (or naive CutMix) of the student view and its pseudo-label.
+
+        Returns:
+            The mixed images and target, every sample's span-mixed text (``None`` without span mixing), the accept
+            flags ``[B]`` (on the device) and the accept rate among drawn blocks.
+        """
         hp = self.hp
-        perm = mixing.random_permutation(image.shape[0], gen, device=image.device)
-        masks = self._block_masks(probs, perm, texts, gen)
+        partners = mixing.random_permutation(image.shape[0], gen)  # drawn on the host: read there, never waited for
+        perm = to_device(partners, image.device)
+        masks = self._block_masks(probs, partners, texts, gen)
         if hp.mix == "cutmix":
             mixed = mixing.t_patchmix(image, probs, perm, masks, 0.0, hp.confidence, gate_before_paste=True)
-            return mixed.image, mixed.target, texts, mixed.accepted.float().mean()
+            return mixed.image, mixed.target, None, mixed.accepted, mixed.accepted.float().mean()
         mixed = mixing.t_patchmix(
             image, probs, perm, masks, hp.confidence, hp.mix_target_threshold, hp.gate_before_paste
         )
@@ -262,21 +284,24 @@ class SemiMedRefModule(TeacherStudentModule):
             target = mixing.pseudo_label(mixed_probs, hp.mix_target_threshold, "soft", hp.soft_temperature)
         drawn = masks.flatten(1).amax(1) > 0
         rate = mixed.accepted.float().sum() / drawn.float().sum().clamp_min(1)
-        mode: Literal["and", "replace"] = "and" if hp.mix_mode == "pos" else "replace"
+        spans = None
         if hp.span_mix and hp.mix_mode != "prob":
-            texts = [
-                text_aug.span_mix(t, texts[j], mode) if ok else t
-                for t, j, ok in zip(texts, perm.tolist(), mixed.accepted.tolist(), strict=True)
-            ]
-        return mixed.image, target, texts, rate
+            mode: Literal["and", "replace"] = "and" if hp.mix_mode == "pos" else "replace"
+            spans = [text_aug.span_mix(t, texts[j], mode) for t, j in zip(texts, partners.tolist(), strict=True)]
+        return mixed.image, target, spans, mixed.accepted, rate
 
-    def _spc(
-        self, image: Tensor, target: Tensor, texts: list[str], gen: torch.Generator
-    ) -> tuple[Tensor, Tensor, list[str]]:
-        """SPC (RESMatch): flip the student view horizontally and swap left/right in its text."""
+    def _spc(self, image: Tensor, target: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, list[bool]]:
+        """SPC (RESMatch): flip the student view horizontally (the caller swaps left/right in its text).
+
+        Returns:
+            The flipped images and target, and which samples were flipped (drawn on the host).
+        """
         flip = torch.rand(image.shape[0], generator=gen) < self.hp.spc_prob
-        idx = to_device(flip.nonzero().flatten(), image.device)
-        image, target = image.clone(), target.clone()
-        image[idx], target[idx] = image[idx].flip(-1), target[idx].flip(-1)
-        texts = [text_aug.swap_left_right(t) if f else t for t, f in zip(texts, flip.tolist(), strict=True)]
-        return image, target, texts
+        chosen = to_device(flip, image.device).view(-1, 1, 1, 1)
+        image = torch.where(chosen, image.flip(-1), image)
+        return image, torch.where(chosen, target.flip(-1), target), flip.tolist()
+
+
+def _swap_sides(texts: list[str], flip: list[bool]) -> list[str]:
+    """SPC's text side of a horizontal flip: left and right swapped in the flipped samples' texts."""
+    return [text_aug.swap_left_right(t) if f else t for t, f in zip(texts, flip, strict=True)]

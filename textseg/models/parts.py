@@ -108,26 +108,25 @@ def split_output(out: SegOutput, sizes: Sequence[int]) -> list[SegOutput]:
 
 
 def run_parts(
-    call: Callable[[Tensor, list[str], Tensor | None], SegOutput],
+    call: Callable[[Tensor, Tensor | None], SegOutput],
     net: nn.Module,
-    parts: Sequence[tuple[Tensor, Sequence[str], Tensor | None]],
+    images: Sequence[Tensor],
+    modality: Sequence[Tensor | None],
 ) -> list[SegOutput]:
-    """Run ``call(image, texts, modality)`` once on the concatenated ``parts`` and split its output.
+    """Run ``call(image, modality)`` once on the concatenated parts and split its output.
 
     Args:
-        call: Runs ``net`` on images ``[N, C, H, W]``, their ``N`` texts and modality codes (or ``None``).
+        call: Runs ``net`` on images ``[N, C, H, W]`` (all parts, in order) and their modality codes (or ``None``);
+            it holds the parts' text features, concatenated in the same order.
         net: The network ``call`` runs; its :class:`PartBatchNorm2d` layers keep the parts' statistics apart.
-        parts: ``(image, texts, modality)`` of each part, in the order separate calls would run them. The images
-            must share channels, size and dtype; modality codes are passed when every part has them.
+        images: Each part's images, in the order separate calls would run them; same channels, size and dtype.
+        modality: Each part's modality codes; passed on when every part has them, else ``None``.
 
     Returns:
         One output per part, as separate calls would return them (up to dropout masks).
     """
-    sizes = [len(texts) for _, texts, _ in parts]
-    image = torch.cat([p[0] for p in parts])
-    texts = [t for _, part_texts, _ in parts for t in part_texts]
-    codes = [p[2] for p in parts]
-    modality = torch.cat([c for c in codes if c is not None]) if all(c is not None for c in codes) else None
+    sizes = [image.shape[0] for image in images]
+    codes = torch.cat([c for c in modality if c is not None]) if all(c is not None for c in modality) else None
     with batchnorm_parts(net, sizes):
-        out = call(image, texts, modality)
+        out = call(torch.cat(list(images)), codes)
     return split_output(out, sizes)

@@ -8,8 +8,10 @@ encoder + decoder) that consumes the image and those features and returns a :cla
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 if sys.version_info >= (3, 11):
@@ -33,6 +35,31 @@ class TextFeatures:
     tokens: Tensor
     mask: Tensor
     pooled: Tensor
+
+    def __len__(self) -> int:
+        """The batch size B."""
+        return self.tokens.shape[0]
+
+    def split(self, sizes: Sequence[int]) -> list[TextFeatures]:
+        """Consecutive parts of ``sizes`` rows (views, no copy)."""
+        rows = [t.split(list(sizes)) for t in (self.tokens, self.mask, self.pooled)]
+        return [TextFeatures(*part) for part in zip(*rows, strict=True)]
+
+    @staticmethod
+    def cat(parts: Sequence[TextFeatures]) -> TextFeatures:
+        """The parts' rows, concatenated in order (the parts themselves when there is one)."""
+        if len(parts) == 1:
+            return parts[0]
+        return TextFeatures(*(torch.cat([getattr(p, k) for p in parts]) for k in ("tokens", "mask", "pooled")))
+
+    def where(self, condition: Tensor, other: TextFeatures) -> TextFeatures:
+        """Row ``i`` of ``self`` where ``condition[i]`` (a ``[B]`` bool tensor), else of ``other``; on the device."""
+        c = condition.view(-1, 1)
+        return TextFeatures(
+            torch.where(c[..., None], self.tokens, other.tokens),
+            torch.where(c, self.mask, other.mask),
+            torch.where(c, self.pooled, other.pooled),
+        )
 
 
 class SegOutput(TypedDict):

@@ -159,7 +159,9 @@ def _place(lo: Tensor, hi: Tensor, size: int, u: Tensor) -> tuple[Tensor, Tensor
     return lo + offset, length
 
 
-def position_boxes(texts: Sequence[str], perm: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+def position_boxes(
+    texts: Sequence[str], perm: Tensor | Sequence[int], height: int, width: int
+) -> tuple[Tensor, Tensor]:
     """Region boxes of position-constrained T-PatchMix and where mixing is allowed (``docs/methods.md`` §6.4 step 2).
 
     Sample i's box is the region of the first positional phrase of its (student) text (:func:`region_box`). Mixing
@@ -168,7 +170,7 @@ def position_boxes(texts: Sequence[str], perm: Tensor, height: int, width: int) 
 
     Args:
         texts: The ``B`` student texts.
-        perm: ``[B]`` partner permutation.
+        perm: ``[B]`` partner permutation, as host ints or a host tensor (a device tensor is read back: a sync).
         height: Image height ``H``.
         width: Image width ``W``.
 
@@ -176,7 +178,7 @@ def position_boxes(texts: Sequence[str], perm: Tensor, height: int, width: int) 
         ``([B, 4]`` int64 boxes ``(row0, row1, col0, col1)``, ``[B]`` bool ``allowed``).
     """
     boxes, allowed = [], []
-    for i, j in enumerate(perm.tolist()):
+    for i, j in enumerate(perm.tolist() if isinstance(perm, Tensor) else perm):
         pi, pj = text_aug.first_phrase(texts[i]), text_aug.first_phrase(texts[j])
         ok = pi is not None and (pj is None or pi.side == pj.side)
         boxes.append(region_box(pi.side, pi.levels, height, width) if ok and pi else (0, height, 0, width))
