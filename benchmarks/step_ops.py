@@ -4,7 +4,9 @@ Every method and backbone, with the demo configs' tiny networks and with full-si
 random weights), at 64 px, 2 labeled + 2 unlabeled synthetic images, burn-in / ramp / pre-training 0 and T-PatchMix
 on every step, so every branch of the step runs. The counted step is the second optimizer step of the first epoch
 (``textseg.engine.opcount.StepOpCounter``: from the callbacks' ``on_train_batch_start`` to the end of the module's
-``on_train_batch_end``; data loading excluded). Sync-type ops are listed with the line that issued them.
+``on_train_batch_end``; data loading excluded). Sync-type ops are listed with the line that issued them; host reads
+(``Tensor.tolist``/``numpy``/``cpu``, no dispatched op) are counted too, and listed by line in the JSON.
+Semi-MedRef MMI-UNet is counted twice: with its batched student call (the default) and with three separate calls.
 
     python benchmarks/step_ops.py                 # tiny and full size; writes results_step_ops.md/.json
     python benchmarks/step_ops.py --sizes tiny    # tiny only (seconds)
@@ -33,6 +35,10 @@ SIZES: dict[str, dict[str, Any]] = {
 SEMI: dict[str, Any] = {"burn_in_epochs": 0, "lambda_u_ramp_epochs": 0, "mix_prob": 1.0}
 CASES: dict[str, tuple[Callable[[dict[str, Any]], Any], bool]] = {
     "Semi-MedRef MMI-UNet": (lambda kw: SemiMedRefModule(backbone="mmiunet", **SEMI, **kw), False),
+    "Semi-MedRef MMI-UNet, separate student calls": (
+        lambda kw: SemiMedRefModule(backbone="mmiunet", batched_student=False, **SEMI, **kw),
+        False,
+    ),
     "Semi-MedRef GuideDecoder": (lambda kw: SemiMedRefModule(backbone="guidedecoder", **SEMI, **kw), False),
     "TextMoE": (lambda kw: TextMoEModule(pretrain_epochs=0, **kw), True),
     "supervised MMI-UNet": (lambda kw: SupervisedModule(backbone="mmiunet", **kw), False),
@@ -65,6 +71,7 @@ def count(case: str, size: str, root: Path) -> dict[str, Any]:
         **counts.totals(),
         "optimizer_scalars": counts.optimizer_scalars,
         "syncs": dict(counts.syncs.most_common()),
+        "host_reads": dict(counts.host_reads.most_common()),
         "top_launching": dict(counts.launching.most_common(8)),
     }
 
@@ -75,13 +82,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "",
         "Second optimizer step of a real `Trainer.fit`, 64 px, 2 labeled + 2 unlabeled images, every branch on.",
         "",
-        "| step | size | aten ops | kernel-launching ops | sync-type ops | where the syncs are |",
-        "|---|---|---|---|---|---|",
+        "| step | size | aten ops | kernel-launching ops | sync-type ops | where the syncs are | host reads |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         where = "; ".join(f"{n}x {k.split(' @ ')[1]}" for k, n in r["syncs"].items()) or "none"
+        reads = sum(r["host_reads"].values())
         lines.append(
-            f"| {r['case']} | {r['size']} | {r['aten_ops']:,} | {r['launching_ops']:,} | {r['sync_ops']} | {where} |"
+            f"| {r['case']} | {r['size']} | {r['aten_ops']:,} | {r['launching_ops']:,} | {r['sync_ops']} | {where} "
+            f"| {reads} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -30,6 +30,13 @@ Usage (GPU, the paper's batch)::
     python benchmarks/step_time.py --device cuda --labeled 32 --unlabeled 32 --steps 10 --warmup 3 \
         --peak-tflops 989 --peak-tflops-fp32 67
 
+The speed issue's four Semi-MedRef arms (fp32 reference without cache, eager; bf16; bf16 + compile; bf16 + compile +
+CUDA graphs), compiled networks warmed up by the warm-up rounds (compilation takes the first of them)::
+
+    python benchmarks/step_time.py --device cuda --peak-tflops 989 --peak-tflops-fp32 67 --warmup 4 --variants \
+        semimedref/fp32/nocache/nchw semimedref/bf16/cache/cl semimedref/bf16/cache/cl/compile \
+        semimedref/bf16/cache/cl/graphs
+
 CPU (2 + 2 at 224 px, one thread; about 10 minutes)::
 
     python benchmarks/step_time.py --device cpu --labeled 2 --unlabeled 2 --threads 1 --steps 3 --warmup 1 \
@@ -119,7 +126,21 @@ RATIOS: tuple[tuple[str, str, str, str, float | None], ...] = (
     ("Semi-MedRef / supervised, fp32 + cache", "semimedref/fp32/cache/nchw", "supervised/fp32/cache/nchw", "<=", 3.5),
     ("Semi-MedRef / supervised, bf16 + cache", "semimedref/bf16/cache/nchw", "supervised/bf16/cache/nchw", "<=", 3.5),
     ("Semi-MedRef / supervised, bf16 + cache + CL", "semimedref/bf16/cache/cl", "supervised/bf16/cache/cl", "<=", 3.5),
-    ("Semi-MedRef default vs reference", "semimedref/fp32/nocache/nchw", "semimedref/bf16/cache/cl", ">=", None),
+    ("Semi-MedRef default vs reference", "semimedref/fp32/nocache/nchw", "semimedref/bf16/cache/cl", ">=", 3.0),
+    (
+        "Semi-MedRef bf16 + compile vs reference",
+        "semimedref/fp32/nocache/nchw",
+        "semimedref/bf16/cache/cl/compile",
+        ">=",
+        None,
+    ),
+    (
+        "Semi-MedRef bf16 + compile + CUDA graphs vs reference",
+        "semimedref/fp32/nocache/nchw",
+        "semimedref/bf16/cache/cl/graphs",
+        ">=",
+        None,
+    ),
     ("Semi-MedRef bf16 vs fp32 (cache on)", "semimedref/fp32/cache/nchw", "semimedref/bf16/cache/nchw", ">=", None),
     ("Semi-MedRef CL vs NCHW (bf16, cache on)", "semimedref/bf16/cache/nchw", "semimedref/bf16/cache/cl", ">=", None),
     ("text cache on vs off, TextMoE fp32", "textmoe/fp32/nocache/nchw", "textmoe/fp32/cache/nchw", ">=", None),
@@ -141,32 +162,49 @@ WARM_CHUNK = 64
 
 
 # ------------------------------------------------------------------------------------------------------ variants
+#: ``compile`` parts of a variant name and the ``torch.compile`` mode each stands for (``RunHooks.setup``).
+COMPILE_MODES = {"compile": "default", "graphs": "reduce-overhead", "autotune": "max-autotune"}
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One timed configuration: ``method/precision/cache/format``, e.g. ``semimedref/bf16/cache/cl``."""
+    """One timed configuration: ``method/precision/cache/format[/compile]``, e.g. ``semimedref/bf16/cache/cl/graphs``.
+
+    The optional fifth part compiles the student and teacher networks as a ``fit`` with ``compile MODE`` does:
+    ``compile`` (default mode), ``graphs`` (``reduce-overhead``: CUDA graphs) or ``autotune`` (``max-autotune``);
+    without it the networks run eagerly.
+    """
 
     method: str
     precision: str
     cache: bool
     channels_last: bool
+    compile: str = "eager"
 
     @property
     def name(self) -> str:
         """The spec string of the variant."""
-        return f"{self.method}/{self.precision}/{'cache' if self.cache else 'nocache'}/{self.fmt}"
+        base = f"{self.method}/{self.precision}/{'cache' if self.cache else 'nocache'}/{self.fmt}"
+        return base if self.compile == "eager" else f"{base}/{self.compile}"
 
     @property
     def fmt(self) -> str:
         """``"cl"`` (channels_last) or ``"nchw"``."""
         return "cl" if self.channels_last else "nchw"
 
+    @property
+    def key(self) -> tuple[str, bool, str]:
+        """The runner (built module) this variant uses: method, memory format and compilation."""
+        return (self.method, self.channels_last, self.compile)
+
     @classmethod
     def parse(cls, spec: str) -> Variant:
-        """Parse ``method/precision/cache|nocache/nchw|cl``; raises ``ValueError`` naming the bad part."""
+        """Parse ``method/precision/cache|nocache/nchw|cl[/compile|graphs|autotune]``; errors name the bad part."""
         parts = spec.split("/")
-        if len(parts) != 4:
-            raise ValueError(f"variant {spec!r}: expected method/precision/cache|nocache/nchw|cl")
-        method, precision, cache, fmt = parts
+        if len(parts) not in (4, 5):
+            raise ValueError(f"variant {spec!r}: expected method/precision/cache|nocache/nchw|cl[/compile]")
+        method, precision, cache, fmt = parts[:4]
+        compiled = parts[4] if len(parts) == 5 else "eager"
         if method not in METHOD_FAMILY:
             raise ValueError(f"variant {spec!r}: method {method!r} not in {sorted(METHOD_FAMILY)}")
         if precision not in ("fp32", "bf16"):
@@ -175,7 +213,9 @@ class Variant:
             raise ValueError(f"variant {spec!r}: {cache!r} is not cache or nocache")
         if fmt not in ("nchw", "cl"):
             raise ValueError(f"variant {spec!r}: memory format {fmt!r} is not nchw or cl")
-        return cls(method, precision, cache == "cache", fmt == "cl")
+        if compiled not in ("eager", *COMPILE_MODES):
+            raise ValueError(f"variant {spec!r}: {compiled!r} is not one of {['eager', *COMPILE_MODES]}")
+        return cls(method, precision, cache == "cache", fmt == "cl", compiled)
 
 
 def matrix_variants(args: argparse.Namespace) -> list[Variant]:
@@ -184,11 +224,12 @@ def matrix_variants(args: argparse.Namespace) -> list[Variant]:
         return [Variant.parse(s) for s in args.variants]
     formats = args.format or (["nchw", "cl"] if args.device.startswith("cuda") else ["nchw"])
     return [
-        Variant(m, p, c == "on", f == "cl")
+        Variant(m, p, c == "on", f == "cl", k)
         for m in args.methods
         for p in args.precision
         for c in args.cache
         for f in formats
+        for k in args.compile
     ]
 
 
@@ -370,8 +411,11 @@ class TextCounter:
     encoded: int = 0
 
 
-def instrument(module: TextSegModule, timer: PartTimer, counter: TextCounter) -> None:
-    """Install the breakdown hooks and wrappers on ``module`` (active only while ``timer.active``)."""
+def instrument(module: TextSegModule, timer: PartTimer, counter: TextCounter, networks: bool = True) -> None:
+    """Install the breakdown hooks and wrappers on ``module`` (active only while ``timer.active``).
+
+    ``networks=False`` leaves the student and teacher networks without forward hooks (compiled networks).
+    """
     enc = module.text_encoder
 
     def count_request(_m: nn.Module, args: tuple[Any, ...]) -> None:
@@ -388,13 +432,15 @@ def instrument(module: TextSegModule, timer: PartTimer, counter: TextCounter) ->
     enc._encode = timer.wrap(counted_encode, "text encoder: BERT")  # type: ignore[method-assign]
     enc.tokenize = timer.wrap(enc.tokenize, "text encoder: tokenize")  # type: ignore[method-assign]
     net: Any = module.net
-    timer.hook(net, "student forward")
-    timer.hook(net.vision.embeddings, "student forward: ConvNeXt")
-    for stage in net.vision.encoder.stages:
-        timer.hook(stage, "student forward: ConvNeXt")
     teacher: Any = getattr(module, "teacher", None)
+    if networks:
+        timer.hook(net, "student forward")
+        timer.hook(net.vision.embeddings, "student forward: ConvNeXt")
+        for stage in net.vision.encoder.stages:
+            timer.hook(stage, "student forward: ConvNeXt")
+        if teacher is not None:
+            timer.hook(teacher, "teacher forward")
     if teacher is not None:
-        timer.hook(teacher, "teacher forward")
         teacher.update = timer.wrap(teacher.update, "optimizer + EMA: EMA update")
     timer.hook(module.seg_loss, "losses")
     for attr in ("_contrastive",):
@@ -434,10 +480,13 @@ class Runner:
     build_s: float = 0.0
 
 
-def build_runner(
-    method: str, channels_last: bool, args: argparse.Namespace, pool: list[dict[str, Any]], timer: PartTimer
-) -> Runner:
-    """Build the full-size module of ``method`` on the device, its AdamW optimizer, hooks, and warm its text cache."""
+def build_runner(variant: Variant, args: argparse.Namespace, pool: list[dict[str, Any]], timer: PartTimer) -> Runner:
+    """Build the full-size module of a variant on the device, its AdamW optimizer, hooks, and warm its text cache.
+
+    A compiled variant's networks are compiled in place (``fullgraph=True``, ``--compile-backend``) and get no
+    breakdown hooks inside them (a host sync there would break the graph).
+    """
+    method, channels_last = variant.method, variant.channels_last
     start = time.perf_counter()
     device = torch.device(args.device)
     common: dict[str, Any] = {
@@ -461,14 +510,17 @@ def build_runner(
         module = moe
     module.to(device)
     nets = [n for n in (module.net, getattr(module, "teacher", None)) if n is not None]
-    if channels_last:  # what TextSegModule.setup does under a Trainer
-        for net in nets:
+    for net in nets:  # what RunHooks.setup does under a Trainer
+        if channels_last:
             net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if variant.compile != "eager":
+            net.compile(fullgraph=True, mode=COMPILE_MODES[variant.compile], backend=args.compile_backend)
     module.train()
     params = [p for p in module.net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    # fused, as TextSegModule.configure_optimizers builds it on CPU and CUDA
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, fused=True)
     counter = TextCounter()
-    instrument(module, timer, counter)
+    instrument(module, timer, counter, networks=variant.compile == "eager")
     with torch.no_grad():  # warm the cache with the batches' texts, as after the first epoch on real data
         texts = pool_texts(pool)
         for i in range(0, len(texts), WARM_CHUNK):
@@ -564,7 +616,7 @@ def primary(runner: Runner, variant: Variant, args: argparse.Namespace) -> list[
 
 def step_table(
     variants: list[Variant],
-    runners: dict[tuple[str, bool], Runner],
+    runners: dict[tuple[str, bool, str], Runner],
     flops: dict[str, dict[str, float]],
     args: argparse.Namespace,
 ) -> tuple[list[str], list[dict[str, Any]]]:
@@ -577,7 +629,7 @@ def step_table(
     ]
     records = []
     for v in variants:
-        r = runners[(v.method, v.channels_last)]
+        r = runners[v.key]
         times, cpu = r.times[v.name], r.cpu_times[v.name]
         med = median(primary(r, v, args))
         f = flops.get(f"{v.method}/{v.name.split('/')[2]}", {})
@@ -623,10 +675,10 @@ def step_table(
 
 
 def breakdown_table(
-    variants: list[Variant], runners: dict[tuple[str, bool], Runner]
+    variants: list[Variant], runners: dict[tuple[str, bool, str], Runner]
 ) -> tuple[list[str], dict[str, Any]]:
     """Markdown rows of the per-part breakdown (median ms and share of the instrumented step) and JSON data."""
-    have = [v for v in variants if runners[(v.method, v.channels_last)].parts.get(v.name)]
+    have = [v for v in variants if runners[v.key].parts.get(v.name)]
     if not have:
         return [], {}
     header = "| part | " + " | ".join(f"`{v.name}`" for v in have) + " |"
@@ -640,7 +692,7 @@ def breakdown_table(
     for name, nested in rows:
         cells = []
         for v in have:
-            samples = runners[(v.method, v.channels_last)].parts[v.name]
+            samples = runners[v.key].parts[v.name]
             values = [s.get(name, 0.0) for s in samples]
             total = median([s["instrumented step"] for s in samples])
             value = median(values)
@@ -652,12 +704,12 @@ def breakdown_table(
 
 
 def ratio_table(
-    variants: list[Variant], runners: dict[tuple[str, bool], Runner], args: argparse.Namespace
+    variants: list[Variant], runners: dict[tuple[str, bool, str], Runner], args: argparse.Namespace
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Markdown rows of the targeted ratios on both clocks (median of paired per-round ratios, ratio of medians)."""
     clocks = {
-        "wall": {v.name: runners[(v.method, v.channels_last)].times[v.name] for v in variants},
-        "cpu": {v.name: runners[(v.method, v.channels_last)].cpu_times[v.name] for v in variants},
+        "wall": {v.name: runners[v.key].times[v.name] for v in variants},
+        "cpu": {v.name: runners[v.key].cpu_times[v.name] for v in variants},
     }
     lines = [
         "| ratio | numerator / denominator | wall: median of per-round ratios | wall: ratio of medians | CPU time: "
@@ -724,6 +776,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="explicit method/precision/cache|nocache/nchw|cl list (overrides the matrix)",
     )
+    p.add_argument(
+        "--compile",
+        nargs="+",
+        default=["eager"],
+        choices=["eager", *COMPILE_MODES],
+        help="networks eager, or compiled: compile (default mode), graphs (reduce-overhead), autotune",
+    )
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: tracing only, CPU)")
     p.add_argument("--steps", type=int, default=10, help="timed rounds (every variant once per round)")
     p.add_argument("--warmup", type=int, default=3, help="discarded rounds before timing")
     p.add_argument("--breakdown-steps", type=int, default=2, help="instrumented rounds for the per-part breakdown")
@@ -789,14 +849,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for fam in sorted({METHOD_FAMILY[v.method] for v in variants})
     }
     timer = PartTimer(device)
-    runners: dict[tuple[str, bool], Runner] = {}
+    runners: dict[tuple[str, bool, str], Runner] = {}
     for v in variants:
-        key = (v.method, v.channels_last)
-        if key not in runners:
-            print(f"building {v.method} ({v.fmt}) ...", flush=True)
-            runners[key] = build_runner(v.method, v.channels_last, args, pools[METHOD_FAMILY[v.method]], timer)
+        if v.key not in runners:
+            print(f"building {v.method} ({v.fmt}, {v.compile}) ...", flush=True)
+            runners[v.key] = build_runner(v, args, pools[METHOD_FAMILY[v.method]], timer)
     for v in variants:
-        r = runners[(v.method, v.channels_last)]
+        r = runners[v.key]
         r.times[v.name], r.cpu_times[v.name], r.parts[v.name], r.text_stats[v.name] = [], [], [], [0, 0]
 
     with timed_differential_loss(timer):
@@ -804,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for rnd in range(args.warmup + args.steps):
             order = variants if rnd % 2 == 0 else variants[::-1]
             for v in order:
-                r = runners[(v.method, v.channels_last)]
+                r = runners[v.key]
                 seconds, cpu, requested, encoded = timed_step(r, v, r.pool[rnd % len(r.pool)], device, timer)
                 if rnd >= args.warmup:
                     r.times[v.name].append(seconds)
@@ -814,10 +873,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 tag = "warm-up" if rnd < args.warmup else "timed"
                 print(f"round {rnd} ({tag}) {v.name}: {seconds:.3f} s wall, {cpu:.3f} s CPU", flush=True)
         # Instrumented rounds for the breakdown.
+        eager = [v for v in variants if v.compile == "eager"]  # compiled networks carry no breakdown hooks
         for rnd in range(args.breakdown_steps):
-            order = variants if rnd % 2 == 0 else variants[::-1]
+            order = eager if rnd % 2 == 0 else eager[::-1]
             for v in order:
-                r = runners[(v.method, v.channels_last)]
+                r = runners[v.key]
                 timer.totals = {}
                 timer.active = True
                 try:
@@ -829,12 +889,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 parts["other"] = seconds - sum(parts.get(p, 0.0) for p in PARTS)
                 r.parts[v.name].append(parts)
                 print(f"breakdown {rnd} {v.name}: {seconds:.3f} s", flush=True)
-        # FLOPs, once per (method, cache).
+        # FLOPs, once per (method, cache), on an eager runner where there is one.
         flops: dict[str, dict[str, float]] = {}
-        for v in variants:
+        for v in sorted(variants, key=lambda v: v.compile != "eager"):
             flop_key = f"{v.method}/{v.name.split('/')[2]}"
             if flop_key not in flops:
-                flops[flop_key] = count_flops(runners[(v.method, v.channels_last)], v, device, timer)
+                flops[flop_key] = count_flops(runners[v.key], v, device, timer)
                 print(f"flops {flop_key}: {flops[flop_key]['total'] / 1e9:.1f} GFLOP", flush=True)
 
     step_lines, step_records = step_table(variants, runners, flops, args)
@@ -911,12 +971,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "loadavg_before_after": [load_before, load_after],
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "captions": caption_source,
-        "build_s": {f"{m}/{'cl' if c else 'nchw'}": r.build_s for (m, c), r in runners.items()},
+        "build_s": {f"{m}/{'cl' if c else 'nchw'}/{k}": r.build_s for (m, c, k), r in runners.items()},
         "process_peak_rss_bytes": rss_peak,
         "steps": step_records,
         "ratios": ratio_records,
         "breakdown_s": part_data,
-        "breakdown_raw_s": {v.name: runners[(v.method, v.channels_last)].parts[v.name] for v in variants},
+        "breakdown_raw_s": {v.name: runners[v.key].parts[v.name] for v in variants},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
