@@ -10,6 +10,7 @@ import torch
 from test_methods import NO_BURN_IN, capture_logs, make_dm, semi
 from torch import nn
 
+from textseg.models.types import TextChoice
 from textseg.ops.text_aug import swap_left_right
 
 
@@ -79,7 +80,9 @@ def test_span_mixed_text_is_picked_on_the_device(
     module.hparams["confidence"] = confidence
     module.train()
     unl = batch_3_2["unlabeled"]
-    (_, features, _), _, _ = module._unlabeled_view(unl)
+    (_, chosen, _), _, _ = module._unlabeled_view(unl)
+    assert isinstance(chosen, TextChoice)  # the accept flags stay on the device
+    features = module.encode(chosen)
     # the same draws again (they depend only on the global step), with the accept flags read on the host here
     gen, rng = module.step_generators()
     with torch.no_grad():

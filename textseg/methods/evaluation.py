@@ -18,11 +18,11 @@ from textseg.engine.runfiles import write_test_metrics
 from textseg.methods.runtime import RunHooks
 from textseg.models.encoders import TextEncoder
 from textseg.models.parts import can_run_parts, run_parts
-from textseg.models.types import SegOutput, TextFeatures
+from textseg.models.types import SegOutput, TextChoice, TextFeatures
 from textseg.ops.metrics import GroupedSegMetrics, binarize_logits
 
-#: Texts of a batch part: ``B`` strings, or their features from the text encoder.
-Texts = Sequence[str] | TextFeatures
+#: Texts of a batch part: ``B`` strings, their features from the text encoder, or a per-sample choice of two texts.
+Texts = Sequence[str] | TextFeatures | TextChoice
 
 
 class Evaluation(RunHooks):
@@ -56,7 +56,7 @@ class Evaluation(RunHooks):
 
     def encode(self, texts: Texts) -> TextFeatures:
         """Text features of ``texts`` from the frozen text encoder (features are passed through)."""
-        return texts if isinstance(texts, TextFeatures) else self.text_encoder(list(texts))
+        return self._encode_joined([texts])
 
     def forward(
         self, image: Tensor, texts: Texts, net: nn.Module | None = None, modality: Tensor | None = None
@@ -114,13 +114,33 @@ class Evaluation(RunHooks):
         return run_parts(lambda image, modality: self(image, features, self.net, modality), self.net, images, codes)
 
     def _encode_joined(self, parts: Sequence[Texts]) -> TextFeatures:
-        """The features of every part's texts, concatenated in order; one encoder call for all string parts."""
-        strings = [list(p) for p in parts if not isinstance(p, TextFeatures)]
-        encoded = self.text_encoder([t for p in strings for t in p]) if strings else None
-        if len(strings) == len(parts) and encoded is not None:
+        """The features of every part's texts, concatenated in order, from one text-encoder call.
+
+        Strings of every part (both candidates of a :class:`~textseg.models.types.TextChoice`) go to the encoder
+        together; a choice's features are then picked per sample on the device.
+        """
+        lists: list[list[str]] = []
+        for part in parts:
+            if isinstance(part, TextChoice):
+                lists += [part.if_true, part.if_false]
+            elif not isinstance(part, TextFeatures):
+                lists.append(list(part))
+        if len(parts) == 1 and isinstance(parts[0], TextFeatures):
+            return parts[0]
+        encoded = self.text_encoder([t for texts in lists for t in texts]) if lists else None
+        if encoded is not None and len(lists) == len(parts) == 1:
             return encoded
-        pieces = iter(encoded.split([len(p) for p in strings]) if encoded is not None else [])
-        return TextFeatures.cat([p if isinstance(p, TextFeatures) else next(pieces) for p in parts])
+        pieces = iter(encoded.split([len(texts) for texts in lists]) if encoded is not None else [])
+        features = []
+        for part in parts:
+            if isinstance(part, TextFeatures):
+                features.append(part)
+            elif isinstance(part, TextChoice):
+                chosen, other = next(pieces), next(pieces)
+                features.append(chosen.where(part.condition, other))
+            else:
+                features.append(next(pieces))
+        return TextFeatures.cat(features)
 
     def _evaluate(self, batch: dict[str, Any], prefix: str) -> Tensor:
         out = self.forward_batch(batch, self.eval_net)

@@ -21,7 +21,7 @@ from torch import Tensor
 from textseg.errors import check_range
 from textseg.methods.evaluation import Texts
 from textseg.methods.teacher import TeacherStudentModule
-from textseg.models.types import SegOutput
+from textseg.models.types import SegOutput, TextChoice
 from textseg.ops import boxes, mixing, text_aug
 from textseg.ops.ema import linear_ramp, semimedref_momentum
 from textseg.ops.losses import clip_loss, itcl_loss
@@ -204,11 +204,12 @@ class SemiMedRefModule(TeacherStudentModule):
     def _unlabeled_view(self, unl: dict[str, Any]) -> tuple[View, Tensor, dict[str, Tensor]]:
         """Teacher pseudo-labels on the weak view; the student's strong, mixed, re-phrased view (Eqs. 3-4, 6-8).
 
-        The text of an accepted mix is the span-mixed text, decided on the device: both candidate texts are encoded
-        and each sample's features are picked by its accept flag, so the host never waits for the flags.
+        The text of an accepted mix is the span-mixed text, decided on the device (a
+        :class:`~textseg.models.types.TextChoice`: both candidates are encoded and each sample's features are picked
+        by its accept flag), so the host never waits for the flags.
 
         Returns:
-            The student's view ``(image, texts or text features, modality)``, its pseudo-label target and the logged
+            The student's view ``(image, texts or a text choice, modality)``, its pseudo-label target and the logged
             statistics.
         """
         hp = self.hp
@@ -228,10 +229,8 @@ class SemiMedRefModule(TeacherStudentModule):
             image, target, flip = self._spc(image, target, gen)
             texts = _swap_sides(texts, flip)
             spans = _swap_sides(spans, flip) if spans is not None else None
-        if spans is None:
-            return (image, texts, unl.get("modality")), target, stats
-        mixed_text, own_text = self.encode(spans + texts).split([len(texts), len(texts)])
-        return (image, mixed_text.where(accepted, own_text), unl.get("modality")), target, stats
+        chosen: Texts = texts if spans is None else TextChoice(spans, texts, accepted)
+        return (image, chosen, unl.get("modality")), target, stats
 
     def _augment_text(self, caption: str, rng: random.Random) -> str:
         hp = self.hp

@@ -62,6 +62,29 @@ class TextFeatures:
         )
 
 
+@dataclass
+class TextChoice:
+    """Each sample's text picked from two candidates by a device-side flag, so the host never reads the flag.
+
+    Semi-MedRef's mixed view takes the span-mixed text where a T-PatchMix block was accepted (a decision made on the
+    device from the teacher's probabilities) and its own text elsewhere: both candidates are encoded and each sample's
+    features are picked on the device (:meth:`TextFeatures.where`).
+
+    Attributes:
+        if_true: ``B`` texts used where ``condition`` holds.
+        if_false: ``B`` texts used elsewhere.
+        condition: ``[B]`` bool tensor, on any device.
+    """
+
+    if_true: list[str]
+    if_false: list[str]
+    condition: Tensor
+
+    def __len__(self) -> int:
+        """The batch size B."""
+        return len(self.if_true)
+
+
 class SegOutput(TypedDict):
     """What every network core returns.
 
