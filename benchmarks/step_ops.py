@@ -7,6 +7,9 @@ on every step, so every branch of the step runs. The counted step is the second 
 ``on_train_batch_end``; data loading excluded). Sync-type ops are listed with the line that issued them; host reads
 (``Tensor.tolist``/``numpy``/``cpu``, no dispatched op) are counted too, and listed by line in the JSON.
 Semi-MedRef MMI-UNet is counted twice: with its batched student call (the default) and with three separate calls.
+The fit runs as ``textseg fit`` does (CSV logger, textseg's progress bar, the non-finite guard); the counted step is
+not a logging step (``log_every_n_steps`` 50), and each case is counted once more as a logging step, where the
+loggers, the bar and the guard read their values back.
 
     python benchmarks/step_ops.py                 # tiny and full size; writes results_step_ops.md/.json
     python benchmarks/step_ops.py --sizes tiny    # tiny only (seconds)
@@ -65,6 +68,8 @@ def count(case: str, size: str, root: Path) -> dict[str, Any]:
     build, composite = CASES[case]
     torch.manual_seed(0)
     counts = count_step(build(SIZES[size]), datamodule(root, composite), step=1)
+    torch.manual_seed(0)  # the same step again, now a logging step (log_every_n_steps 1)
+    logging = count_step(build(SIZES[size]), datamodule(root, composite), step=1, log_every_n_steps=1)
     return {
         "case": case,
         "size": size,
@@ -72,6 +77,7 @@ def count(case: str, size: str, root: Path) -> dict[str, Any]:
         "optimizer_scalars": counts.optimizer_scalars,
         "syncs": dict(counts.syncs.most_common()),
         "host_reads": dict(counts.host_reads.most_common()),
+        "logging_step_syncs": dict(logging.syncs.most_common()),
         "top_launching": dict(counts.launching.most_common(8)),
     }
 
@@ -80,17 +86,21 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Ops per optimizer step (CPU, `benchmarks/step_ops.py`)",
         "",
-        "Second optimizer step of a real `Trainer.fit`, 64 px, 2 labeled + 2 unlabeled images, every branch on.",
+        "Second optimizer step of a real `Trainer.fit` (CSV logger, textseg's progress bar, the non-finite guard),"
+        " 64 px, 2 labeled + 2 unlabeled images, every branch on; the last column counts the same step as a logging"
+        " step.",
         "",
-        "| step | size | aten ops | kernel-launching ops | sync-type ops | where the syncs are | host reads |",
-        "|---|---|---|---|---|---|---|",
+        "| step | size | aten ops | kernel-launching ops | sync-type ops | where the syncs are | host reads "
+        "| sync-type ops at a logging step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         where = "; ".join(f"{n}x {k.split(' @ ')[1]}" for k, n in r["syncs"].items()) or "none"
         reads = sum(r["host_reads"].values())
+        at_log = sum(r["logging_step_syncs"].values())
         lines.append(
             f"| {r['case']} | {r['size']} | {r['aten_ops']:,} | {r['launching_ops']:,} | {r['sync_ops']} | {where} "
-            f"| {reads} |"
+            f"| {reads} | {at_log} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,7 +1,9 @@
 """Host syncs in one training step of each method (a deterministic count; ``textseg.engine.opcount``).
 
-The counted step is the second optimizer step of a real ``Trainer.fit`` (tiny networks, 64 px, 2 labeled + 2
-unlabeled images, the unlabeled branch and T-PatchMix on from the first step). What remains:
+The counted step is the second optimizer step of a real ``Trainer.fit`` with a CSV logger and textseg's progress bar
+(tiny networks, 64 px, 2 labeled + 2 unlabeled images, the unlabeled branch and T-PatchMix on from the first step),
+not a logging step; a logging step adds the reads of the loggers, the bar and the non-finite guard (last test). What
+remains:
 
 * ``encoders/text.py``: the frozen text encoder's transformers BERT checks its attention mask on the host, once per
   call (Semi-MedRef: the teacher's call and the student's one call for all its parts), and is called only for texts
@@ -114,3 +116,18 @@ def test_batched_student_halves_the_launches(qata_root: Path) -> None:
         # the teacher's texts, then one call for the student's texts, or one per part (the weak ones: cached)
         assert sum(n for k, n in counts.syncs.items() if "encoders/text.py" in k) == (2 if batched else 3)
     assert launching[True] < 0.5 * launching[False], launching
+
+
+def test_a_logging_step_reads_back_only_for_the_readers(qata_root: Path) -> None:
+    """At a logging step the loggers, the progress bar and the non-finite guard read their values, nothing else."""
+    torch.manual_seed(0)
+    dm = TextSegDataModule(
+        dataset="qata", root=str(qata_root), labeled_ratio=0.25, image_size=64, batch_size=2, unlabeled_batch_size=2
+    )
+    counts = count_step(SemiMedRefModule(backbone="mmiunet", **SEMI, **TINY), dm, step=1, log_every_n_steps=1)
+    syncs = _by_file(counts.syncs)
+    assert syncs.pop("encoders/text.py") == 2 and syncs.pop("engine/guards.py") == 1, dict(counts.syncs)
+    assert list(syncs) == ["utilities/apply_func.py"]  # Lightning turning each logged tensor into a number
+    reads = _by_file(counts.host_reads)
+    assert reads.pop("engine/progress.py") == 1  # the bar's train_loss, read with the loggers
+    assert reads == SEMI_READS

@@ -22,7 +22,7 @@ from textseg.cli.preflight import check_run
 from textseg.data.datamodule import TextSegDataModule
 from textseg.engine import checkpointing, runfolder
 from textseg.engine.predictions import MaskWriter
-from textseg.engine.progress import EpochSummary, wants_epoch_lines
+from textseg.engine.progress import EpochSummary, step_light_bar, wants_epoch_lines
 from textseg.engine.quiet import ParamSummary
 from textseg.engine.runcard import RunCardCallback
 from textseg.engine.wandb import TextSegWandbLogger
@@ -306,6 +306,9 @@ class TextSegCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Instantiate the trainer; add a run card and, for ``fit``, the one-line-per-epoch summary.
 
+        Lightning's default progress bar becomes its log-step variant
+        (:func:`~textseg.engine.progress.step_light_bar`: no host sync per step); a bar the config names is kept.
+
         A :class:`~textseg.engine.runcard.RunCardCallback` is added if the config has none. ``fit`` also gets an
         :class:`~textseg.engine.progress.EpochSummary` (one line per epoch on stdout) when stdout is not a terminal
         (a SLURM log file) or ``TEXTSEG_EPOCH_LINES=1`` (``0``: never), unless the config has one. Checkpoints are
@@ -316,6 +319,7 @@ class TextSegCLI(LightningCLI):
         folder = self._folder.path if self._folder is not None else None
         if self.subcommand != "fit" and folder is not None and (folder / "config.yaml").exists():
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"{self.subcommand}_config.yaml"}
+        configured = {id(cb) for cb in self._configured_callbacks()}  # before Lightning appends its defaults
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = runfolder.AtomicCheckpointIO()
@@ -323,6 +327,8 @@ class TextSegCLI(LightningCLI):
         for i, callback in enumerate(callbacks):  # Lightning's default summary: without the Mode and FLOPs noise
             if type(callback) in (ModelSummary, RichModelSummary):
                 callbacks[i] = ParamSummary(max_depth=callback._max_depth)
+            elif id(callback) not in configured:  # its default bar: metrics read at logging steps, not every step
+                callbacks[i] = step_light_bar(callback)
         if not any(isinstance(cb, RunCardCallback) for cb in callbacks):
             callbacks.insert(0, RunCardCallback(command=self._command))
         if self._folder is not None:  # --run_dir_exists overwrite: the earlier run goes once training starts
@@ -334,6 +340,12 @@ class TextSegCLI(LightningCLI):
         ):
             callbacks.append(EpochSummary())
         return trainer
+
+    def _configured_callbacks(self) -> list[Any]:
+        """The trainer callbacks the config names (instantiated); Lightning later appends its defaults to this list."""
+        config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
+        listed = (config or {}).get("trainer", {}).get("callbacks") or []
+        return list(listed) if isinstance(listed, list | tuple) else [listed]
 
     # ------------------------------------------------------------------------------------------------ hooks
     def _describe_wandb(self) -> None:

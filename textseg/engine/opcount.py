@@ -2,9 +2,10 @@
 
 A GPU step is bound by the host when it issues thousands of small kernels or waits for the device. Both are visible
 on a CPU, in the dispatcher: :class:`StepOpCounter` is a callback that records every aten op dispatched during one
-chosen training step -- ``training_step``, backward, the optimizer step, the EMA update and every callback of the
-step (from the callbacks' ``on_train_batch_start`` to the end of the module's ``on_train_batch_end``), but not the
-data loading -- and sorts them into:
+chosen training step -- ``training_step``, backward, the optimizer step, the EMA update, every callback of the
+step and Lightning's hand-over of the step's metrics to the loggers and the progress bar (from the callbacks'
+``on_train_batch_start`` to the end of ``update_train_step_metrics``), but not the data loading -- and sorts them
+into:
 
 * **launching** ops: everything except views, ``empty*``, ``detach``, ``alias``, ``lift_fresh`` and
   ``_local_scalar_dense`` (on a GPU each launching op is at least one kernel);
@@ -22,6 +23,7 @@ the sync-type count of each method's step.
 from __future__ import annotations
 
 import functools
+import tempfile
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
@@ -82,7 +84,9 @@ def _caller(depth: int = 3) -> tuple[str, bool]:
     owners = [f for f in frames if "/torch/optim/" in f.filename or "/textseg/" in f.filename]
     in_optim = bool(owners) and "/torch/optim/" in owners[-1].filename
     ours = [f for f in frames if "/textseg/" in f.filename]
-    where = ours[-1] if ours else frames[-1]
+    # no textseg frame (e.g. Lightning converting logged metrics): the innermost frame outside torch
+    outside = [f for f in frames if "/torch/" not in f.filename] or frames
+    where = ours[-1] if ours else outside[-1]
     return f"{where.filename.rsplit('/', 2)[-2]}/{where.filename.rsplit('/', 1)[-1]}:{where.lineno}", in_optim
 
 
@@ -146,9 +150,22 @@ class StepOpCounter(Callback):
         self._mode: OpCountingMode | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Wrap the module's ``on_train_batch_end`` so that counting ends after it (the EMA update included)."""
-        original = pl_module.on_train_batch_end
+        """End counting after Lightning has handed the step's metrics to the loggers and the progress bar.
 
+        That is the end of ``_LoggerConnector.update_train_step_metrics``, which Lightning calls after the
+        ``on_train_batch_end`` hooks; should a Lightning release not have it, counting ends after the module's
+        ``on_train_batch_end`` (the EMA update included).
+        """
+        connector = getattr(trainer, "_logger_connector", None)
+        if callable(getattr(connector, "update_train_step_metrics", None)):
+            self._end_after(connector, "update_train_step_metrics")
+        else:
+            self._end_after(pl_module, "on_train_batch_end")
+
+    def _end_after(self, owner: Any, name: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
         def end(*args: Any, **kwargs: Any) -> Any:
             result = original(*args, **kwargs)
             if self._mode is not None:
@@ -156,7 +173,7 @@ class StepOpCounter(Callback):
                 self._mode = None
             return result
 
-        pl_module.on_train_batch_end = end  # type: ignore[method-assign]
+        setattr(owner, name, end)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         """Start counting at the chosen batch of the first epoch."""
@@ -165,23 +182,36 @@ class StepOpCounter(Callback):
             self._mode.__enter__()
 
 
-def count_step(module: LightningModule, datamodule: LightningDataModule, step: int = 1) -> OpCounts:
-    """Fit ``module`` on the CPU for ``step + 1`` batches (no validation, logger or checkpoints); count step ``step``.
+def count_step(
+    module: LightningModule, datamodule: LightningDataModule, step: int = 1, log_every_n_steps: int = 50
+) -> OpCounts:
+    """Fit ``module`` on the CPU for ``step + 1`` batches as ``textseg fit`` runs them; count step ``step``.
+
+    The fit has what a normal run has around the step: a CSV logger (in a temporary folder), the progress bar
+    ``textseg fit`` uses (:class:`~textseg.engine.progress.LogStepTQDMProgressBar`) and the non-finite guard; no
+    validation or checkpoints. Step ``step`` is a logging step when ``step % log_every_n_steps == 0`` (global steps
+    count from 0 before the step and the loggers read at the optimizer step's end): then the loggers, the bar and the
+    guard read their values back.
 
     Returns:
         The counts of that optimizer step (:class:`StepOpCounter`).
     """
+    from lightning.pytorch.loggers import CSVLogger
+
+    from textseg.engine.progress import LogStepTQDMProgressBar
+
     counter = StepOpCounter(step=step)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=step + 1,
-        limit_val_batches=0,
-        logger=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        callbacks=[counter],
-    )
-    trainer.fit(module, datamodule=datamodule)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(
+            accelerator="cpu",
+            max_epochs=1,
+            limit_train_batches=step + 1,
+            limit_val_batches=0,
+            logger=CSVLogger(tmp),
+            log_every_n_steps=log_every_n_steps,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            callbacks=[counter, LogStepTQDMProgressBar()],
+        )
+        trainer.fit(module, datamodule=datamodule)
     return counter.counts

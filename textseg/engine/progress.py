@@ -8,6 +8,12 @@ every training epoch (after that epoch's validation), one flushed line such as::
 
 ``textseg fit`` adds it by itself when stdout is not a terminal, or always with ``TEXTSEG_EPOCH_LINES=1``
 (:func:`wants_epoch_lines`; ``TEXTSEG_EPOCH_LINES=0`` turns it off).
+
+Lightning reads every progress-bar metric (the loss shown beside the bar) back to the host after every step, which
+makes the host wait for the GPU once per step; textseg's methods therefore log no progress-bar metric.
+:class:`LogStepRichProgressBar` and :class:`LogStepTQDMProgressBar` move the bar every step and show ``train_loss``,
+read at logging steps (``log_every_n_steps``) and at the end of each epoch; ``textseg`` puts them in place of
+Lightning's default bar (a bar given in the config is kept, and shows no loss).
 """
 
 from __future__ import annotations
@@ -20,8 +26,19 @@ from typing import Any, TextIO
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
-__all__ = ["DEFAULT_KEYS", "EPOCH_LINES_ENV", "EpochSummary", "format_epoch_line", "wants_epoch_lines"]
+__all__ = [
+    "DEFAULT_KEYS",
+    "EPOCH_LINES_ENV",
+    "EpochSummary",
+    "LogStepRichProgressBar",
+    "LogStepTQDMProgressBar",
+    "format_epoch_line",
+    "read_scalars",
+    "step_light_bar",
+    "wants_epoch_lines",
+]
 
 #: Environment variable: ``1`` always prints the epoch lines in ``textseg fit``, ``0`` never; unset: when stdout is
 #: not a terminal.
@@ -117,10 +134,61 @@ class EpochSummary(Callback):
 
     def _read_metrics(self, logged: Mapping[str, Any]) -> dict[str, float]:
         # val_* values of an epoch without validation are stale (an earlier epoch's): left out
-        names = [k for k in self.keys if k in logged and (self._validated or not k.startswith("val_"))]
-        if not names:
-            return {}
-        values = [torch.as_tensor(logged[k]).detach().reshape(-1)[0].float() for k in names]
-        device = values[0].device
-        floats = torch.stack([v.to(device) for v in values]).tolist()  # the one host sync of the epoch
-        return dict(zip(names, floats, strict=True))
+        names = [k for k in self.keys if self._validated or not k.startswith("val_")]
+        return read_scalars(logged, names)  # the one host sync of the epoch
+
+
+def read_scalars(logged: Mapping[str, Any], names: Sequence[str]) -> dict[str, float]:
+    """The values of ``names`` present in ``logged`` (tensors or numbers) as floats, read back in one transfer."""
+    present = [k for k in names if k in logged]
+    if not present:
+        return {}
+    values = [torch.as_tensor(logged[k]).detach().reshape(-1)[0].float() for k in present]
+    device = values[0].device
+    floats = torch.stack([v.to(device) for v in values]).tolist()
+    return dict(zip(present, floats, strict=True))
+
+
+class _MetricsAtLogSteps:
+    """Progress-bar mixin: the training loss shown beside the bar is read at logging steps only.
+
+    The methods log ``train_loss`` without ``prog_bar=True``, because Lightning turns every progress-bar metric into a
+    Python number after every step (a host sync each time); this bar reads ``train_loss`` from the trainer's callback
+    metrics itself, when the loggers read theirs (every ``log_every_n_steps`` steps) and at the end of each epoch.
+    """
+
+    _shown: dict[str, Any] | None = None
+    _read_at = -1
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        """Lightning's bar metrics plus ``train_loss``, read at logging steps; the last read in between."""
+        every = max(1, int(getattr(trainer, "log_every_n_steps", 50)))
+        step = trainer.global_step
+        if self._shown is None or (trainer.training and step % every == 0 and step != self._read_at):
+            shown = dict(super().get_metrics(trainer, pl_module))  # type: ignore[misc]
+            shown.update(read_scalars(trainer.callback_metrics, ("train_loss",)))
+            self._shown, self._read_at = shown, step
+        return self._shown
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Read the metrics afresh for the epoch's last display (unless this step read them already)."""
+        if self._read_at != trainer.global_step:
+            self._shown = None
+        super().on_train_epoch_end(trainer, pl_module)  # type: ignore[misc]
+
+
+class LogStepRichProgressBar(_MetricsAtLogSteps, RichProgressBar):
+    """Lightning's rich progress bar, reading the logged metrics at logging steps only (no per-step host sync)."""
+
+
+class LogStepTQDMProgressBar(_MetricsAtLogSteps, TQDMProgressBar):
+    """Lightning's tqdm progress bar, reading the logged metrics at logging steps only (no per-step host sync)."""
+
+
+def step_light_bar(bar: Callback) -> Callback:
+    """The log-step variant of one of Lightning's default bars (a default-built bar), or ``bar`` itself otherwise."""
+    if type(bar) is RichProgressBar:
+        return LogStepRichProgressBar()
+    if type(bar) is TQDMProgressBar:
+        return LogStepTQDMProgressBar()
+    return bar

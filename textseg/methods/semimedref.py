@@ -189,7 +189,7 @@ class SemiMedRefModule(TeacherStudentModule):
             self.log_dict({f"train_{k}": v for k, v in stats.items()}, batch_size=n)
         self.log_dict({f"train_loss_{k}": v for k, v in terms.items()}, batch_size=n)
         self.log_dict({"train_lambda_u": lam, "train_ema_momentum": self.momentum_now()}, batch_size=n)
-        self.log("train_loss", loss, batch_size=n, prog_bar=True)
+        self.log("train_loss", loss, batch_size=n)
         return loss
 
     def _unsup_weight(self, key: str) -> float:

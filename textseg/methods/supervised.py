@@ -25,5 +25,5 @@ class SupervisedModule(TextSegModule):
         out = self.forward_batch(lab)
         loss = self.seg_loss(out["logits"], lab["mask"])
         self.log("train_loss_sup", loss, batch_size=len(lab["text"]))
-        self.log("train_loss", loss, batch_size=len(lab["text"]), prog_bar=True)
+        self.log("train_loss", loss, batch_size=len(lab["text"]))
         return loss

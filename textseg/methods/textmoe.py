@@ -193,4 +193,4 @@ class TextMoEModule(TeacherStudentModule):
             else:
                 logs["train_expert_similarity"] = terms["diff"].detach()
         self.log_dict(logs, batch_size=n)
-        self.log("train_loss", loss, batch_size=n, prog_bar=True)
+        self.log("train_loss", loss, batch_size=n)
