@@ -89,8 +89,9 @@ def test_span_mixed_text_is_picked_on_the_device(
         probs = torch.sigmoid(module.forward_batch(unl, module.teacher)["logits"].float())
     texts = [module._augment_text(t, rng) for t in unl["text"]]
     image, target = unl["image_strong"], (probs >= confidence).float()
-    _, _, spans, accepted, _ = module._mix(image, probs, target, texts, gen)
-    assert spans is not None
+    _, _, chosen_texts, _ = module._mix(image, probs, target, texts, gen)
+    assert isinstance(chosen_texts, TextChoice)
+    spans, accepted = chosen_texts.if_true, chosen_texts.condition
     expected = [s if ok else t for s, t, ok in zip(spans, texts, accepted.tolist(), strict=True)]
     assert accepted.tolist() == [confidence == 0.0] * len(texts)  # both branches: every mix accepted, or none
     assert all(s != t for s, t in zip(spans, texts, strict=True))

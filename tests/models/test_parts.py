@@ -10,8 +10,8 @@ from textseg.methods import SemiMedRefModule, TextMoEModule
 from textseg.models.parts import (
     PartBatchNorm2d,
     batchnorm_parts,
-    can_run_parts,
     convert_part_batchnorm,
+    part_norms,
     run_parts,
 )
 from textseg.models.types import SegOutput, TextFeatures
@@ -40,7 +40,7 @@ def test_part_batchnorm_is_separate_calls() -> None:
     single = PartBatchNorm2d(3)
     single.load_state_dict(parts.state_dict())
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    with batchnorm_parts(parts, SIZES):
+    with batchnorm_parts([parts], SIZES):
         batched = parts(xa)
     separate = torch.cat([single(p) for p in xb.split(SIZES)])
     torch.testing.assert_close(batched, separate)
@@ -65,7 +65,7 @@ def test_plain_batchnorm_without_parts_and_in_eval() -> None:
     plain, parts = nn.BatchNorm2d(2), PartBatchNorm2d(2)
     torch.testing.assert_close(parts(x), plain(x))
     parts.eval(), plain.eval()
-    with batchnorm_parts(parts, (2, 2)):
+    with batchnorm_parts([parts], (2, 2)):
         torch.testing.assert_close(parts(x), plain(x))  # running statistics: nothing to keep apart
 
 
@@ -80,8 +80,8 @@ def test_convert_keeps_tensors_and_keys() -> None:
     assert list(after) == list(before)
     assert all(after[k] is before[k] for k in before)  # the same tensor objects
     assert not net[1].weight.requires_grad
-    assert can_run_parts(net)
-    assert not can_run_parts(nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(2))))
+    assert part_norms(net) == [net[1], net[2][0]]
+    assert part_norms(nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(2)))) is None
 
 
 def _module(backbone: str) -> SemiMedRefModule | TextMoEModule:
@@ -104,7 +104,8 @@ def _no_dropout(net: nn.Module) -> None:
 def test_network_batched_call_is_separate_calls(backbone: str) -> None:
     module = _module(backbone)
     net = module.net
-    assert can_run_parts(net)  # build_core converts every BatchNorm
+    norms = part_norms(net)
+    assert norms is not None  # build_core converts every BatchNorm
     assert any(isinstance(m, PartBatchNorm2d) for m in net.modules())
     _no_dropout(net)
     net.train()
@@ -130,7 +131,7 @@ def test_network_batched_call_is_separate_calls(backbone: str) -> None:
     net.load_state_dict(state)
     net.zero_grad()
     images, codes = [p[0] for p in parts], [p[2] for p in parts]
-    batched = run_parts(lambda image, modality: module(image, features, net, modality), net, images, codes)
+    batched = run_parts(lambda image, modality: module(image, features, net, modality), norms, images, codes)
     loss(batched).backward()
     for one, other in zip(batched, separate, strict=True):
         assert one.keys() == other.keys()
@@ -149,7 +150,7 @@ def test_parts_trace_as_one_graph() -> None:
     module = _module("mmiunet")
     net = module.net.train()
     text = module.text_encoder(TEXTS)
-    with batchnorm_parts(net, SIZES):
+    with batchnorm_parts(part_norms(net) or [], SIZES):
         explained = torch._dynamo.explain(net)(torch.randn(5, 1, 64, 64), text)
     assert explained.graph_break_count == 0
 

@@ -17,9 +17,12 @@ from torch import Tensor, nn
 from textseg.engine.runfiles import write_test_metrics
 from textseg.methods.runtime import RunHooks
 from textseg.models.encoders import TextEncoder
-from textseg.models.parts import can_run_parts, run_parts
+from textseg.models.parts import PartBatchNorm2d, part_norms, run_parts
 from textseg.models.types import SegOutput, TextChoice, TextFeatures
 from textseg.ops.metrics import GroupedSegMetrics, binarize_logits
+
+#: Marks :attr:`Evaluation._part_norms` as not looked up yet.
+_NOT_FOUND: Any = object()
 
 #: Texts of a batch part: ``B`` strings, their features from the text encoder, or a per-sample choice of two texts.
 Texts = Sequence[str] | TextFeatures | TextChoice
@@ -30,6 +33,7 @@ class Evaluation(RunHooks):
 
     text_encoder: TextEncoder
     seg_loss: nn.Module
+    _part_norms: list[PartBatchNorm2d] | None = _NOT_FOUND
 
     @property
     def hp(self) -> Any:
@@ -107,11 +111,27 @@ class Evaluation(RunHooks):
         ``SyncBatchNorm`` conversion).
         """
         kinds = {(image.shape[1:], image.dtype, modality is None) for image, _, modality in parts}
-        if not (batched and len(parts) > 1 and len(kinds) == 1 and can_run_parts(self.net)):
+        norms = self._student_norms() if batched and len(parts) > 1 and len(kinds) == 1 else None
+        if norms is None:
             return [self(image, texts, self.net, modality) for image, texts, modality in parts]
         features = self._encode_joined([texts for _, texts, _ in parts])
         images, codes = [p[0] for p in parts], [p[2] for p in parts]
-        return run_parts(lambda image, modality: self(image, features, self.net, modality), self.net, images, codes)
+        return run_parts(lambda image, modality: self(image, features, self.net, modality), norms, images, codes)
+
+    def _student_norms(self) -> list[PartBatchNorm2d] | None:
+        """The student's per-part BatchNorm layers (:func:`~textseg.models.parts.part_norms`), found once per fit.
+
+        Looked up at the first batched call of a fit, after Lightning's layer conversions (``on_fit_start`` forgets
+        them), not at every step.
+        """
+        if self._part_norms is _NOT_FOUND:
+            self._part_norms = part_norms(self.net)
+        return self._part_norms  # type: ignore[return-value]
+
+    def on_fit_start(self) -> None:
+        """Forget the student's per-part BatchNorm layers: a strategy may have replaced layers (``SyncBatchNorm``)."""
+        super().on_fit_start()
+        self._part_norms = _NOT_FOUND
 
     def _encode_joined(self, parts: Sequence[Texts]) -> TextFeatures:
         """The features of every part's texts, concatenated in order, from one text-encoder call.
@@ -119,17 +139,16 @@ class Evaluation(RunHooks):
         Strings of every part (both candidates of a :class:`~textseg.models.types.TextChoice`) go to the encoder
         together; a choice's features are then picked per sample on the device.
         """
+        strings = [p for p in parts if not isinstance(p, TextFeatures | TextChoice)]
+        if len(strings) == len(parts):  # strings only: the encoder's rows are already in order
+            return self.text_encoder([t for texts in strings for t in texts])
         lists: list[list[str]] = []
         for part in parts:
             if isinstance(part, TextChoice):
                 lists += [part.if_true, part.if_false]
             elif not isinstance(part, TextFeatures):
                 lists.append(list(part))
-        if len(parts) == 1 and isinstance(parts[0], TextFeatures):
-            return parts[0]
         encoded = self.text_encoder([t for texts in lists for t in texts]) if lists else None
-        if encoded is not None and len(lists) == len(parts) == 1:
-            return encoded
         pieces = iter(encoded.split([len(texts) for texts in lists]) if encoded is not None else [])
         features = []
         for part in parts:

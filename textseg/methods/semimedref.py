@@ -221,15 +221,12 @@ class SemiMedRefModule(TeacherStudentModule):
         texts = [self._augment_text(t, rng) for t in unl["text"]]
         target = mixing.pseudo_label(probs, hp.confidence, hp.pseudo_label, hp.soft_temperature)
         stats = {"confident_ratio": mixing.confident_fraction(probs, hp.confidence)}
-        spans: list[str] | None = None  # every sample's text if its mix is accepted
-        accepted = torch.zeros(0, dtype=torch.bool)
+        chosen: list[str] | TextChoice = texts
         if hp.mix != "none":
-            image, target, spans, accepted, stats["mix_accept_ratio"] = self._mix(image, probs, target, texts, gen)
+            image, target, chosen, stats["mix_accept_ratio"] = self._mix(image, probs, target, texts, gen)
         if hp.spc:
             image, target, flip = self._spc(image, target, gen)
-            texts = _swap_sides(texts, flip)
-            spans = _swap_sides(spans, flip) if spans is not None else None
-        chosen: Texts = texts if spans is None else TextChoice(spans, texts, accepted)
+            chosen = _swap_sides(chosen, flip)
         return (image, chosen, unl.get("modality")), target, stats
 
     def _augment_text(self, caption: str, rng: random.Random) -> str:
@@ -259,12 +256,13 @@ class SemiMedRefModule(TeacherStudentModule):
 
     def _mix(
         self, image: Tensor, probs: Tensor, target: Tensor, texts: list[str], gen: torch.Generator
-    ) -> tuple[Tensor, Tensor, list[str] | None, Tensor, Tensor]:
-        """T-PatchMix (or naive CutMix) of the student view and its pseudo-label.
+    ) -> tuple[Tensor, Tensor, list[str] | TextChoice, Tensor]:
+        """T-PatchMix (or naive CutMix) of the student view, its pseudo-label and its text.
 
         Returns:
-            The mixed images and target, every sample's span-mixed text (``None`` without span mixing), the accept
-            flags ``[B]`` (on the device) and the accept rate among drawn blocks.
+            The mixed images and target, the texts (with span mixing a :class:`~textseg.models.types.TextChoice` of
+            the span-mixed text where the mix was accepted, decided on the device) and the accept rate among drawn
+            blocks.
         """
         hp = self.hp
         partners = mixing.random_permutation(image.shape[0], gen)  # drawn on the host: read there, never waited for
@@ -272,7 +270,7 @@ class SemiMedRefModule(TeacherStudentModule):
         masks = self._block_masks(probs, partners, texts, gen)
         if hp.mix == "cutmix":
             mixed = mixing.t_patchmix(image, probs, perm, masks, 0.0, hp.confidence, gate_before_paste=True)
-            return mixed.image, mixed.target, None, mixed.accepted, mixed.accepted.float().mean()
+            return mixed.image, mixed.target, texts, mixed.accepted.float().mean()
         mixed = mixing.t_patchmix(
             image, probs, perm, masks, hp.confidence, hp.mix_target_threshold, hp.gate_before_paste
         )
@@ -283,11 +281,11 @@ class SemiMedRefModule(TeacherStudentModule):
             target = mixing.pseudo_label(mixed_probs, hp.mix_target_threshold, "soft", hp.soft_temperature)
         drawn = masks.flatten(1).amax(1) > 0
         rate = mixed.accepted.float().sum() / drawn.float().sum().clamp_min(1)
-        spans = None
-        if hp.span_mix and hp.mix_mode != "prob":
-            mode: Literal["and", "replace"] = "and" if hp.mix_mode == "pos" else "replace"
-            spans = [text_aug.span_mix(t, texts[j], mode) for t, j in zip(texts, partners.tolist(), strict=True)]
-        return mixed.image, target, spans, mixed.accepted, rate
+        if not hp.span_mix or hp.mix_mode == "prob":
+            return mixed.image, target, texts, rate
+        mode: Literal["and", "replace"] = "and" if hp.mix_mode == "pos" else "replace"
+        spans = [text_aug.span_mix(t, texts[j], mode) for t, j in zip(texts, partners.tolist(), strict=True)]
+        return mixed.image, target, TextChoice(spans, texts, mixed.accepted), rate
 
     def _spc(self, image: Tensor, target: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, list[bool]]:
         """SPC (RESMatch): flip the student view horizontally (the caller swaps left/right in its text).
@@ -301,6 +299,12 @@ class SemiMedRefModule(TeacherStudentModule):
         return image, torch.where(chosen, target.flip(-1), target), flip.tolist()
 
 
-def _swap_sides(texts: list[str], flip: list[bool]) -> list[str]:
-    """SPC's text side of a horizontal flip: left and right swapped in the flipped samples' texts."""
-    return [text_aug.swap_left_right(t) if f else t for t, f in zip(texts, flip, strict=True)]
+def _swap_sides(texts: list[str] | TextChoice, flip: list[bool]) -> list[str] | TextChoice:
+    """SPC's text side of a horizontal flip: left and right swapped in the flipped samples' texts (both candidates)."""
+
+    def swap(strings: list[str]) -> list[str]:
+        return [text_aug.swap_left_right(t) if f else t for t, f in zip(strings, flip, strict=True)]
+
+    if isinstance(texts, TextChoice):
+        return TextChoice(swap(texts.if_true), swap(texts.if_false), texts.condition)
+    return swap(texts)

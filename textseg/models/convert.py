@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 Backbone = Literal["guidedecoder", "mmiunet", "textmoe"]
-BACKBONES: tuple[str, ...] = ("guidedecoder", "mmiunet", "textmoe")
+BACKBONES: tuple[str, ...] = get_args(Backbone)
 #: Keys named in an error message at most.
 MAX_NAMED = 5
 #: Prefix of the frozen text encoder inside the reference networks.

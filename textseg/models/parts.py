@@ -12,7 +12,7 @@ the dropout masks drawn (tested in ``tests/models/test_parts.py``).
 
 :func:`convert_part_batchnorm` turns a network's ``nn.BatchNorm2d`` layers into :class:`PartBatchNorm2d` (same
 parameters, buffers and state-dict keys; :func:`~textseg.models.build_core` does it for every core).
-:func:`run_parts` is the concatenated call and :func:`can_run_parts` says when it applies.
+:func:`run_parts` is the concatenated call; :func:`part_norms` finds the layers, or says that it does not apply.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from textseg.models.types import SegOutput
 
-__all__ = ["PartBatchNorm2d", "batchnorm_parts", "can_run_parts", "convert_part_batchnorm", "run_parts"]
+__all__ = ["PartBatchNorm2d", "batchnorm_parts", "convert_part_batchnorm", "part_norms", "run_parts"]
 
 
 class PartBatchNorm2d(nn.BatchNorm2d):
@@ -75,15 +75,23 @@ def convert_part_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def can_run_parts(net: nn.Module) -> bool:
-    """Whether every BatchNorm layer of ``net`` keeps parts apart (e.g. not after a SyncBatchNorm conversion)."""
-    return all(isinstance(m, PartBatchNorm2d) for m in net.modules() if isinstance(m, _BatchNorm))
+def part_norms(net: nn.Module) -> list[PartBatchNorm2d] | None:
+    """``net``'s :class:`PartBatchNorm2d` layers, or ``None`` when a BatchNorm layer cannot keep parts apart.
+
+    ``None`` e.g. after a ``SyncBatchNorm`` conversion. One pass over the modules: callers keep the list.
+    """
+    layers = []
+    for m in net.modules():
+        if isinstance(m, PartBatchNorm2d):
+            layers.append(m)
+        elif isinstance(m, _BatchNorm):
+            return None
+    return layers
 
 
 @contextmanager
-def batchnorm_parts(net: nn.Module, sizes: Sequence[int]) -> Iterator[None]:
-    """Within the block, ``net``'s :class:`PartBatchNorm2d` layers normalise parts of ``sizes`` separately."""
-    layers = [m for m in net.modules() if isinstance(m, PartBatchNorm2d)]
+def batchnorm_parts(layers: Sequence[PartBatchNorm2d], sizes: Sequence[int]) -> Iterator[None]:
+    """Within the block, the ``layers`` (:func:`part_norms`) normalise parts of ``sizes`` separately."""
     for m in layers:
         m.part_sizes = tuple(sizes)
     try:
@@ -109,7 +117,7 @@ def split_output(out: SegOutput, sizes: Sequence[int]) -> list[SegOutput]:
 
 def run_parts(
     call: Callable[[Tensor, Tensor | None], SegOutput],
-    net: nn.Module,
+    layers: Sequence[PartBatchNorm2d],
     images: Sequence[Tensor],
     modality: Sequence[Tensor | None],
 ) -> list[SegOutput]:
@@ -118,7 +126,8 @@ def run_parts(
     Args:
         call: Runs ``net`` on images ``[N, C, H, W]`` (all parts, in order) and their modality codes (or ``None``);
             it holds the parts' text features, concatenated in the same order.
-        net: The network ``call`` runs; its :class:`PartBatchNorm2d` layers keep the parts' statistics apart.
+        layers: The :class:`PartBatchNorm2d` layers of the network ``call`` runs (:func:`part_norms`); they keep
+            the parts' statistics apart.
         images: Each part's images, in the order separate calls would run them; same channels, size and dtype.
         modality: Each part's modality codes; passed on when every part has them, else ``None``.
 
@@ -127,6 +136,6 @@ def run_parts(
     """
     sizes = [image.shape[0] for image in images]
     codes = torch.cat([c for c in modality if c is not None]) if all(c is not None for c in modality) else None
-    with batchnorm_parts(net, sizes):
+    with batchnorm_parts(layers, sizes):
         out = call(torch.cat(list(images)), codes)
     return split_output(out, sizes)

@@ -240,8 +240,8 @@ def sample_box_blocks(
     assert_on_device(~bad.any(), f"sample_box_blocks: a box is empty or outside the {height}x{width} image")
     dev = boxes.device if device is None else torch.device(device)
     u = _uniform(3 * n, generator, dev).view(3, n)
-    r0, r1, c0, c1, ok = (to_device(t, dev) for t in (r0, r1, c0, c1, ok))
-    active = ok & (u[0] < prob)
+    r0, r1, c0, c1 = to_device(b, dev).unbind(1)  # one copy of the boxes, one of the flags
+    active = to_device(ok, dev) & (u[0] < prob)
     top, bh = _place(r0, r1, block, u[1])
     left, bw = _place(c0, c1, block, u[2])
     return boxes_to_mask(torch.stack([top, top + bh, left, left + bw], dim=1), height, width, active)

@@ -17,7 +17,7 @@ __all__ = ["to_device"]
 
 
 def to_device(tensor: Tensor, device: torch.device | str | None, dtype: torch.dtype | None = None) -> Tensor:
-    """Move ``tensor`` to ``device`` (and ``dtype``); a host tensor goes to a GPU through pinned memory, non-blocking.
+    """Move ``tensor`` to ``device`` (and ``dtype``); host to CUDA goes through pinned memory, non-blocking.
 
     Args:
         tensor: Any tensor, typically made on the host from the step's generator.
@@ -28,7 +28,7 @@ def to_device(tensor: Tensor, device: torch.device | str | None, dtype: torch.dt
         The tensor on ``device`` with ``dtype`` (``tensor`` itself when nothing changes).
     """
     target = tensor.device if device is None else torch.device(device)
-    if tensor.device.type == "cpu" and target.type != "cpu" and torch.cuda.is_available():
+    if tensor.device.type == "cpu" and target.type == "cuda":
         # pin_memory() copies into the caching host allocator, which keeps the block until the copy has run
         tensor = tensor.pin_memory().to(target, non_blocking=True)
     return tensor.to(device=target, dtype=dtype)
