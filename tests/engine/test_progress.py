@@ -57,20 +57,23 @@ def test_stale_validation_metrics_are_left_out() -> None:
     assert summary._read_metrics(logged) == {"train_loss": 0.5, "val_dice": 0.25}
 
 
+def _demo_fit(tmp_path: Path, max_epochs: int, *extra: str) -> list[str]:
+    """``textseg fit`` of the demo config as a tiny CPU run in ``tmp_path``, with ``extra`` options."""
+    return [
+        "fit",
+        "--config", str(CONFIGS / "demo_semimedref.yaml"),
+        "--data.root", str(tmp_path / "synthetic"),
+        *tiny_args(max_epochs=max_epochs),
+        *extra,
+        "--run_dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+
+
 def test_fit_prints_one_line_per_epoch(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(EPOCH_LINES_ENV, raising=False)  # capsys's stdout is not a terminal: the lines are on
-    args = [
-        "fit",
-        "--config", str(CONFIGS / "demo_semimedref.yaml"),
-        "--data.root", str(tmp_path / "synthetic"),
-        *tiny_args(max_epochs=2),
-        "--trainer.limit_val_batches", "1",
-        "--trainer.num_sanity_val_steps", "1",
-        "--run_dir", str(tmp_path / "run"),
-    ]  # fmt: skip
-    main(args)
+    main(_demo_fit(tmp_path, 2, "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "1"))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2, lines
     for epoch, line in enumerate(lines, start=1):
@@ -133,15 +136,7 @@ def test_fit_uses_the_log_step_bar(configured: bool, tmp_path: Path, monkeypatch
         return trainer
 
     monkeypatch.setattr(TextSegCLI, "instantiate_trainer", record)
-    args = [
-        "fit",
-        "--config", str(CONFIGS / "demo_semimedref.yaml"),
-        "--data.root", str(tmp_path / "synthetic"),
-        *tiny_args(max_epochs=1),
-        "--trainer.enable_progress_bar", "true",
-        "--trainer.limit_val_batches", "0",
-        "--run_dir", str(tmp_path / "run"),
-    ]  # fmt: skip
+    args = _demo_fit(tmp_path, 1, "--trainer.enable_progress_bar", "true", "--trainer.limit_val_batches", "0")
     if configured:
         args += ["--trainer.callbacks+", "lightning.pytorch.callbacks.TQDMProgressBar"]
     main(args)

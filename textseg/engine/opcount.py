@@ -31,7 +31,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from textseg.engine.progress import LogStepTQDMProgressBar
 
 __all__ = ["HOST_READS", "NON_LAUNCHING", "SYNC_OPS", "OpCountingMode", "OpCounts", "StepOpCounter", "count_step"]
 
@@ -196,10 +199,6 @@ def count_step(
     Returns:
         The counts of that optimizer step (:class:`StepOpCounter`).
     """
-    from lightning.pytorch.loggers import CSVLogger
-
-    from textseg.engine.progress import LogStepTQDMProgressBar
-
     counter = StepOpCounter(step=step)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(

@@ -80,10 +80,6 @@ class TextChoice:
     if_false: list[str]
     condition: Tensor
 
-    def __len__(self) -> int:
-        """The batch size B."""
-        return len(self.if_true)
-
 
 class SegOutput(TypedDict):
     """What every network core returns.
