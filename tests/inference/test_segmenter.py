@@ -160,6 +160,10 @@ def test_save_and_reload(segmenter: Segmenter, trained: dict[str, Any], tmp_path
     save_file(weights, str(folder / "model.safetensors"))
     with pytest.raises(DataError, match=rf"model folder {folder} has NaN/inf weights in 1 of \d+ tensors \({name}\)"):
         Segmenter.from_pretrained(folder, device="cpu")
+    weights[name] = torch.zeros(*weights[name].shape, 2)  # a tensor of another shape: one line, no traceback
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(DataError, match=rf"model.safetensors .* does not fit .*shape mismatches \({name} "):
+        Segmenter.from_pretrained(folder, device="cpu")
 
 
 def test_eval_teacher_keeps_the_teacher() -> None:

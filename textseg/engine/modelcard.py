@@ -67,7 +67,8 @@ def encoder_source(spec: str | None, kind: str) -> str:
     return f"the Hugging Face Hub model `{spec}`"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``{}`` when it is missing, unreadable or not an object."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -83,7 +84,7 @@ def run_facts(run_dir: str | Path) -> dict[str, Any]:
         "metrics"}``; keys the run folder does not record are left out.
     """
     folder = Path(run_dir)
-    card = _read_json(folder / RUN_CARD)
+    card = read_json(folder / RUN_CARD)
     if not card:
         return {}
     model = card.get("model") or {}
@@ -96,7 +97,7 @@ def run_facts(run_dir: str | Path) -> dict[str, Any]:
     for key in ("versions", "trainer", "hardware", "train_seconds", "budget", "created"):
         if card.get(key) is not None:
             facts[key] = card[key]
-    metrics = _read_json(folder / METRICS_FILE).get("metrics")
+    metrics = read_json(folder / METRICS_FILE).get("metrics")
     if isinstance(metrics, dict):
         facts["metrics"] = {str(k): float(v) for k, v in metrics.items()}
     return facts

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from textseg.engine.modelcard import render_model_card, run_facts
+from textseg.engine.modelcard import read_json, render_model_card, run_facts
 from textseg.engine.runfiles import METRICS_FILE
 from textseg.errors import DataError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "find_metrics", "find_run", "model_card", "plain", "read_config"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "find_run", "model_card", "plain", "read_config"]
 
 #: ``config.json``'s ``format`` and ``format_version``.
 FORMAT = "textseg-segmenter"
@@ -60,39 +60,29 @@ def read_config(path: Path) -> dict[str, Any]:
     return dict(config)
 
 
-def find_metrics(checkpoint: Path) -> dict[str, float]:
-    """The test metrics of the run that wrote ``checkpoint`` (``test_metrics.json`` beside it or in the run folder).
-
-    Returns:
-        ``{name: value}``, empty when the run has none.
-    """
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
-        file = folder / METRICS_FILE
-        if file.is_file():
-            try:
-                metrics = json.loads(file.read_text(encoding="utf-8")).get("metrics", {})
-                return {str(k): float(v) for k, v in metrics.items()}
-            except (OSError, ValueError, TypeError, AttributeError):
-                return {}
-    return {}
-
-
 #: Facts of the training run kept in ``config.json``'s ``run`` entry (the rest is in its other entries).
 RUN_KEYS = ("data", "split_sha256", "versions", "trainer", "hardware", "train_seconds", "budget")
 
 
-def find_run(checkpoint: Path) -> dict[str, Any]:
-    """The facts of the run that wrote ``checkpoint`` (its ``run_card.json`` beside it or in the run folder).
+def find_run(checkpoint: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """The facts and test metrics of the run that wrote ``checkpoint`` (its run folder: beside it or one level up).
 
     Returns:
-        The :data:`RUN_KEYS` entries of :func:`textseg.engine.modelcard.run_facts`; empty without a run card.
+        The :data:`RUN_KEYS` entries of :func:`textseg.engine.modelcard.run_facts` (empty without a run card) and
+        the test metrics ``{name: value}`` (empty when the run has none).
     """
     for folder in (checkpoint.parent, checkpoint.parent.parent):
         facts = run_facts(folder)
-        if facts:
-            hardware = {k: v for k, v in (facts.get("hardware") or {}).items() if k != "host"}  # not shared
-            return {k: plain(hardware if k == "hardware" else facts[k]) for k in RUN_KEYS if k in facts}
-    return {}
+        metrics = facts.get("metrics") if facts else read_json(folder / METRICS_FILE).get("metrics")
+        if not facts and not isinstance(metrics, dict):
+            continue
+        hardware = {k: v for k, v in (facts.get("hardware") or {}).items() if k != "host"}  # not shared
+        run = {k: plain(hardware if k == "hardware" else facts[k]) for k in RUN_KEYS if k in facts}
+        try:
+            return run, {str(k): float(v) for k, v in (metrics or {}).items()}
+        except (TypeError, ValueError):
+            return run, {}
+    return {}, {}
 
 
 def model_card(config: Mapping[str, Any]) -> str:

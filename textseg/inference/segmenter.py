@@ -23,6 +23,7 @@ from textseg.engine.predictions import resize_probs
 from textseg.errors import DataError
 from textseg.inference import card, loading
 from textseg.inference.inputs import ImageLike, batch_inputs
+from textseg.models.convert import check_state_dict
 
 if TYPE_CHECKING:
     from textseg.methods.base import TextSegModule
@@ -186,8 +187,7 @@ class Segmenter:
         modality = int(data.get("predict_modality") or 0)
         config = _config(module, dict(checkpoint["hyper_parameters"]), evaluated, data.get("image_size"), modality)
         config["dataset"] = card.plain(data.get("dataset"))
-        config["metrics"] = card.find_metrics(path)
-        config["run"] = card.find_run(path)
+        config["run"], config["metrics"] = card.find_run(path)
         return module, config
 
     @staticmethod
@@ -202,13 +202,9 @@ class Segmenter:
         except Exception as exc:
             raise DataError(f"{folder / loading.WEIGHTS_FILE} could not be read: {exc}") from exc
         checkpointing.refuse_nonfinite({"state_dict": state}, f"model folder {folder}")
-        result = module.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise DataError(
-                f"{folder / loading.WEIGHTS_FILE} does not fit {config['method']}: missing "
-                f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
-            )
-        module.eval()
+        weights = folder / loading.WEIGHTS_FILE
+        check_state_dict(state, module.state_dict(), f"{weights} ({config['method']})")  # keys and shapes, one line
+        module.load_state_dict(state)
         return module, config
 
     # ---------------------------------------------------------------------------------------------- predicting
