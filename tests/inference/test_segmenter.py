@@ -162,7 +162,7 @@ def test_save_and_reload(segmenter: Segmenter, trained: dict[str, Any], tmp_path
         Segmenter.from_pretrained(folder, device="cpu")
     weights[name] = torch.zeros(*weights[name].shape, 2)  # a tensor of another shape: one line, no traceback
     save_file(weights, str(folder / "model.safetensors"))
-    with pytest.raises(DataError, match=rf"model.safetensors .* does not fit .*shape mismatches \({name} "):
+    with pytest.raises(DataError, match=rf"model.safetensors .* does not fit .*shape mismatches \(1: {name} "):
         Segmenter.from_pretrained(folder, device="cpu")
 
 
