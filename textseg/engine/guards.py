@@ -58,7 +58,8 @@ class NonFiniteGuard(Callback):
         if mode not in ("stop", "skip"):
             raise ValueError(f"NonFiniteGuard mode must be 'stop' or 'skip', got {mode!r}")
         self.mode = mode
-        self._loss_bad: Tensor | bool | None = None
+        self._loss_bad: Tensor | None = None
+        self._params: list[tuple[str, Tensor]] | None = None  # trainable (name, parameter), found at the first step
         self._count: Tensor | None = None  # skipped steps (device)
         self._first: Tensor | None = None  # global step of the first bad step, -1 for none (device)
         self._first_loss: Tensor | None = None  # whether that step's loss was non-finite (device)
@@ -87,18 +88,25 @@ class NonFiniteGuard(Callback):
         return getattr(trainer.precision_plugin, "scaler", None) is not None
 
     # ------------------------------------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """List the trainable parameters afresh at the first step of this fit."""
+        self._params = None
+
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Any) -> None:
         """Remember, on the device, whether this step's total loss is NaN or infinite (only NaN when scaled)."""
         loss = loss.detach()
         bad = (torch.isnan(loss) if self.loss_scaled(trainer) else ~torch.isfinite(loss)).any()
-        self._loss_bad = bad if self._loss_bad is None else bad | torch.as_tensor(self._loss_bad, device=bad.device)
+        self._loss_bad = bad if self._loss_bad is None else bad | self._loss_bad
 
     def _step_flags(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Tensor, Tensor, Tensor]:
         """``(step_bad, loss_bad, grad_bad)`` of this step; ``step_bad`` agreed by every rank."""
-        named = [(n, p) for n, p in pl_module.named_parameters() if p.grad is not None]
+        if self._params is None:  # the trainable parameters, listed once (not a module walk per step)
+            self._params = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self._params if p.grad is not None]
         self._names = [n for n, _ in named]
         device = named[0][1].grad.device if named else pl_module.device  # type: ignore[union-attr]
-        loss_bad = torch.as_tensor(self._loss_bad if self._loss_bad is not None else False, device=device)
+        # made on the device: a host value copied there would wait for the GPU
+        loss_bad = self._loss_bad if self._loss_bad is not None else torch.zeros((), dtype=torch.bool, device=device)
         self._loss_bad = None
         if named and not self.loss_scaled(trainer):  # under a GradScaler, infinities are the scaler's business
             norms = torch._foreach_norm([p.grad for _, p in named], math.inf)  # type: ignore[misc]
@@ -121,7 +129,7 @@ class NonFiniteGuard(Callback):
             self._first_grads = torch.zeros(len(grad_bad), dtype=torch.bool, device=step_bad.device)
         assert self._first is not None and self._first_loss is not None and self._first_grads is not None
         new = (step_bad > 0) & (self._first < 0)
-        self._first = torch.where(new, torch.as_tensor(trainer.global_step, device=new.device), self._first)
+        self._first = torch.where(new, trainer.global_step, self._first)  # a Python scalar: no host-to-device copy
         self._first_loss = torch.where(new, loss_bad, self._first_loss)
         if self._first_grads.shape == grad_bad.shape:
             self._first_grads = torch.where(new, grad_bad, self._first_grads)

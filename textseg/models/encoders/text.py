@@ -24,6 +24,7 @@ from textseg.errors import DataError
 from textseg.models.encoders.vision import looks_like_path
 from textseg.models.types import TextFeatures
 from textseg.ops.text import TokenLimit
+from textseg.ops.transfer import to_device
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,8 @@ class TextEncoder(nn.Module):
             return_tensors="pt",
         )
         device = self.device if on_device else torch.device("cpu")
-        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "token_type_ids", "attention_mask")}
+        keys = ("input_ids", "token_type_ids", "attention_mask")
+        return {k: to_device(v, device) for k, v in enc.items() if k in keys}  # pinned, non-blocking to a GPU
 
     def check_lengths(self, texts: Mapping[str, str], max_named: int = 3) -> None:
         """Fail before training if a dataset text would be truncated at ``max_length`` tokens.
@@ -431,7 +433,7 @@ class TextEncoder(nn.Module):
                 first.setdefault(keys[i], i)
             rows = torch.tensor(list(first.values()))
             with torch.no_grad():
-                subset = {k: v.index_select(0, rows).to(self.device) for k, v in enc.items()}
+                subset = {k: to_device(v.index_select(0, rows), self.device) for k, v in enc.items()}
                 tokens, mask, pooled = self._encode(subset)
             # Own copies of the rows (no view keeps a whole batch alive), made outside inference mode so that
             # features first computed in a validation loop can later enter an autograd graph.
