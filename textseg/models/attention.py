@@ -23,11 +23,14 @@ dropout (``dropout``, read at call time) is applied only in training mode, by ``
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textseg.errors import DataError
+from textseg.ops.asserts import assert_on_device
 
 __all__ = ["FusedMultiheadAttention", "key_padding_bias"]
 
@@ -60,6 +63,25 @@ def key_padding_bias(padding_mask: Tensor | None, dtype: torch.dtype) -> Tensor 
         return padding_mask
     zeros = torch.zeros(padding_mask.shape, dtype=dtype, device=padding_mask.device)
     return zeros.masked_fill_(padding_mask, float("-inf"))
+
+
+def text_key_bias(mask: Tensor, dtype: torch.dtype, owner: str) -> Tensor:
+    """The key-padding bias of a text mask ``[B, L]`` (``True`` or nonzero = real token), built once per forward.
+
+    Every row must hold a real token (a row of ``-inf`` would give NaN attention); checked with a device assert, no
+    host read.
+
+    Args:
+        mask: The text encoder's mask (:class:`~textseg.models.types.TextFeatures`).
+        dtype: Floating-point dtype of the bias (the text states').
+        owner: The network, for the message.
+
+    Returns:
+        ``[B, L]`` float bias: 0 at real tokens, ``-inf`` at padding.
+    """
+    valid = mask if mask.dtype == torch.bool else mask != 0
+    assert_on_device(valid.any(dim=1).all(), f"{owner}: text mask has a batch row without a real token")
+    return cast(Tensor, key_padding_bias(~valid, dtype))
 
 
 class FusedMultiheadAttention(nn.MultiheadAttention):

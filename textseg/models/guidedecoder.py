@@ -37,9 +37,9 @@ class GuideDecoderLayer(nn.Module):
     """One guide layer (Zhong et al., 2023, Fig. 1 "GuideDecoder"; ``docs/methods.md`` §2 steps 1-4).
 
     1. Text projection: a 1x1 ``Conv1d`` over the token axis (``input_text_len`` -> ``output_text_len``),
-       GELU, ``Linear`` d_t -> C, LeakyReLU, giving ``[B, L_out, C]``. With a padding mask the padded token
-       states are zeroed before the ``Conv1d`` (the projection mixes the token axis, so every projected token
-       is a valid mixture and no key mask is needed afterwards).
+       GELU, ``Linear`` d_t -> C, LeakyReLU, giving ``[B, L_out, C]``. With padding masks on, the padded token
+       states arrive zeroed (:class:`GuideDecoderCore` zeroes them once per forward; the projection mixes the token
+       axis, so every projected token is a valid mixture and no key mask is needed afterwards).
     2. Pre-LN self-attention: ``x_hat = LN1(x)``, ``q = k = x_hat + PE``, ``v = x_hat``;
        ``x <- x + LN(attn)``.
     3. Cross-attention: ``x_hat = LN2(x)``, ``q = x_hat + PE_vis``, ``k = t + PE_txt``, ``v = t``;
@@ -95,24 +95,21 @@ class GuideDecoderLayer(nn.Module):
         self.txt_pos = SinusoidalPositionalEncoding(in_channels, max_len=output_text_len)
         self.scale = nn.Parameter(torch.tensor(float(alpha_init)))
 
-    def project_text(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Project ``[B, L_in, d_t]`` text states to ``[B, L_out, C]``, zeroing padded states if masked."""
-        if mask is not None:
-            tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
+    def project_text(self, tokens: Tensor) -> Tensor:
+        """Project ``[B, L_in, d_t]`` text states to ``[B, L_out, C]``."""
         return self.text_project(tokens)
 
-    def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
         """Guide the visual tokens with the text.
 
         Args:
             x: Visual tokens ``[B, N, C]`` (row-major flattened H x W).
-            tokens: Text states ``[B, L_in, d_t]``.
-            mask: Key-padding mask ``[B, L_in]`` (``True`` = real token) or ``None`` (attend to all tokens).
+            tokens: Text states ``[B, L_in, d_t]`` (padded states already zeroed when masks are on).
 
         Returns:
             ``[B, N, C]``.
         """
-        txt = self.project_text(tokens, mask)
+        txt = self.project_text(tokens)
         vis = self.norm1(x)
         q = self.vis_pos(vis)
         vis = self.self_attn(q, q, value=vis, need_weights=False)[0]  # q and k: one projection
@@ -165,7 +162,7 @@ class GuideDecoder(nn.Module):
         )
         self.decoder = UnetrUpBlock(2, in_channels, out_channels, 3, 2, norm_name="BATCH", res_block=False)
 
-    def forward(self, vis: Tensor, skip: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, vis: Tensor, skip: Tensor, tokens: Tensor) -> Tensor:
         """Guide ``vis`` ``[B, C_in, h, w]`` with the text, upsample and fuse ``skip`` ``[B, C_out, 2h, 2w]``.
 
         Returns:
@@ -175,7 +172,7 @@ class GuideDecoder(nn.Module):
         if skip.shape[-2:] != (2 * h, 2 * w):
             raise DataError(f"GuideDecoder: skip {tuple(skip.shape)} is not twice the size of {tuple(vis.shape)}")
         seq = vis.flatten(2).transpose(1, 2)  # [B, h*w, C], row-major
-        seq = self.guide_layer(seq, tokens, mask)
+        seq = self.guide_layer(seq, tokens)
         vis = seq.transpose(1, 2).reshape(b, c, h, w)
         out: Tensor = self.decoder(vis, skip)
         return out

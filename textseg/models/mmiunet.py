@@ -38,9 +38,8 @@ from torch import Tensor, nn
 from transformers import ConvNextModel
 
 from textseg.errors import DataError
-from textseg.models.attention import FusedMultiheadAttention, key_padding_bias
+from textseg.models.attention import FusedMultiheadAttention, text_key_bias
 from textseg.models.types import SegOutput, TextFeatures
-from textseg.ops.asserts import assert_on_device
 
 __all__ = [
     "EfficientChannelAttention",
@@ -174,9 +173,8 @@ class ImageTextModule(nn.Module):
         batch, channels, height, width = v.shape
         v = self.ln_v(v.flatten(2).transpose(1, 2))  # [B, H'W', C]
         t = self.ln_t(self.linear1(txt))  # [B, L, C]
-        text_bias = key_padding_bias(text_padding_mask, t.dtype)
-        v_new = self.fusion_v(v, t, memory_key_padding_mask=text_bias)
-        t_new = self.fusion_t(t, v, tgt_key_padding_mask=text_bias)
+        v_new = self.fusion_v(v, t, memory_key_padding_mask=text_padding_mask)
+        t_new = self.fusion_t(t, v, tgt_key_padding_mask=text_padding_mask)
         v_map = v_new.transpose(1, 2).reshape(batch, channels, height, width)
         delta_v = self.zoom_out(v_map, output_size=[vis.shape[-2], vis.shape[-1]])
         return vis + delta_v, txt + self.linear2(t_new)
@@ -400,9 +398,7 @@ class MMIUNetCore(nn.Module):
             return image, None
         if mask.shape != tokens.shape[:2]:
             raise DataError(f"text.mask must be [B, L] = {tuple(tokens.shape[:2])}, got shape {tuple(mask.shape)}")
-        valid = mask if mask.dtype == torch.bool else mask != 0
-        assert_on_device(valid.any(dim=1).all(), "text.mask has a batch row without a real token")
-        return image, key_padding_bias(~valid, tokens.dtype)
+        return image, text_key_bias(mask, tokens.dtype, "MMIUNetCore")
 
     def forward(self, image: Tensor, text: TextFeatures) -> SegOutput:
         """Segment the image under the guidance of the text.

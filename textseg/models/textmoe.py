@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from transformers import ConvNextModel
 
 from textseg.errors import DataError
-from textseg.models.attention import FusedMultiheadAttention, key_padding_bias
+from textseg.models.attention import FusedMultiheadAttention, text_key_bias
 from textseg.models.encoders import CONVNEXT_STRIDE, convnext_stages, vision_widths
 from textseg.models.layers import SinusoidalPositionalEncoding, SubpixelSegHead, repeat_to_channels
 from textseg.models.types import SegOutput, TextFeatures
@@ -150,11 +150,10 @@ class MoELayer(nn.Module):
         """The E experts ``[B, E, C_out, H, W]`` of Eqs. 1-2."""
         b, _, h, w = x.shape
         txt = self.text_pos(self.text_expert(tokens))  # [B, L, C]; the PE is part of keys and values
-        bias = key_padding_bias(padding_mask, txt.dtype)  # built once by TextMoECore; a bool mask is converted
         outs = []
         for conv, norm, attn in zip(self.convs, self.query_norms, self.attns, strict=True):
             v = self.vis_pos(conv(x).flatten(2).transpose(1, 2))  # [B, H*W, C], row-major, v + PE
-            a = attn(norm(v), txt, txt, key_padding_mask=bias, need_weights=False)[0]  # k and v: one projection
+            a = attn(norm(v), txt, txt, key_padding_mask=padding_mask, need_weights=False)[0]  # k and v: one projection
             outs.append(torch.addcmul(v, self.scale, a))  # v + s * a, one op
         # [B, E, H*W, C] -> [B, E, C, H, W]: one copy for all experts
         return torch.stack(outs, dim=1).transpose(2, 3).reshape(b, self.num_experts, self.out_channels, h, w)
@@ -345,13 +344,11 @@ class TextMoECore(nn.Module):
     def _padding_mask(self, text: TextFeatures) -> Tensor | None:
         """Key-padding bias of the cross-attentions (``-inf`` at padded tokens), or ``None`` when masks are off.
 
-        Built once per forward (:func:`~textseg.models.attention.key_padding_bias`) for all twelve attentions.
+        Built once per forward (:func:`~textseg.models.attention.text_key_bias`) for all twelve attentions.
         """
         if not self.use_padding_mask or self.expert != "tmoe":
             return None
-        valid = text.mask if text.mask.dtype == torch.bool else text.mask != 0
-        assert_on_device(valid.any(dim=1).all(), "TextMoECore: text mask has a batch row without a real token")
-        return key_padding_bias(~valid, text.tokens.dtype)
+        return text_key_bias(text.mask, text.tokens.dtype, "TextMoECore")
 
     def forward(self, image: Tensor, text: TextFeatures, modality: Tensor | None = None) -> SegOutput:
         """Segment ``image`` guided by ``text`` and the modality indicator.
