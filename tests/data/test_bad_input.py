@@ -18,6 +18,7 @@ from fakedata import MOSMED_TEXT_NAMES, make_mosmed_tree, make_qata_tree, write_
 from PIL import Image
 
 import textseg.cli.data as cli_data
+import textseg.data.datamodule as datamodule_module
 from textseg.cli.data import check_dataset
 from textseg.data.base import SPLITS, Record, validate_dataset
 from textseg.data.datamodule import TextSegDataModule
@@ -169,6 +170,22 @@ def test_empty_splits_needed_by_the_run_are_errors(tmp_path: Path) -> None:
     no_val = _mosmed(tmp_path / "v", n_val=0)
     with pytest.raises(DataError, match=r"the val split .* is empty"):
         TextSegDataModule("mosmed", str(no_val), image_size=32).setup("fit")
+
+
+def test_a_split_is_validated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--test_after_fit``: setup("fit") checks the test split, so the trainer's setup("test") does not again."""
+    seen: list[tuple[str, ...]] = []
+
+    def recorded(data: Any, splits: Any, **kwargs: Any) -> Any:
+        seen.append(tuple(splits))
+        return validate_dataset(data, splits, **kwargs)
+
+    monkeypatch.setattr(datamodule_module, "validate_dataset", recorded)
+    dm = TextSegDataModule("mosmed", str(_mosmed(tmp_path)), image_size=32, batch_size=2)
+    dm.test_after_fit = True
+    dm.setup("fit")
+    dm.setup("test")
+    assert seen == [("train", "val", "test")]
 
 
 # ------------------------------------------------------------------------------------------------------ ranges

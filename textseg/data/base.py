@@ -32,6 +32,7 @@ __all__ = [
     "Record",
     "SegDataset",
     "Split",
+    "record_texts",
     "validate_dataset",
 ]
 
@@ -462,15 +463,21 @@ def validate_dataset(
         The problems (empty splits, empty-in-effect texts, bad files, texts over the token limit) and large masks.
     """
     out = Findings()
-    texts: dict[str, str] = {}
     for split in splits:
         records = data.records(split)
         if not records:
             out.problems.append(f"the {split} split of the {data.name} dataset at {data.root} is empty")
-        for rec in records:
-            texts.setdefault(rec.text, f"{data.name} {split} record {rec.id!r} (image {rec.image})")
-            if full is not None:
+        if full is not None:
+            for rec in records:
                 _check_record(rec, split, full, max_foreground_share, out)
     if tokens is not None:
-        out.problems += tokens.problems(texts)
+        out.problems += tokens.problems(record_texts((data.name, s, r) for s in splits for r in data.records(s)))
     return out
+
+
+def record_texts(records: Iterable[tuple[str, str, Record]]) -> dict[str, str]:
+    """Each distinct text of ``(dataset, split, record)`` triples with where it first occurs, for messages."""
+    texts: dict[str, str] = {}
+    for name, split, rec in records:
+        texts.setdefault(rec.text, f"{name} {split} record {rec.id!r} (image {rec.image})")
+    return texts

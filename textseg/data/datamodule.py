@@ -43,7 +43,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader
 
-from textseg.data.base import Record, SegDataset, Split, raise_problems, validate_dataset
+from textseg.data.base import Record, SegDataset, Split, raise_problems, record_texts, validate_dataset
 from textseg.data.folder import UnlabeledPool, folder_records, read_unlabeled_pools, unlabeled_pools
 from textseg.data.registry import check_dataset_options, load_dataset
 from textseg.data.sampling import EpochSampler, ResumableLoader, SeededDataset, derive_seed
@@ -223,6 +223,7 @@ class TextSegDataModule(LightningDataModule):
         self.sources: dict[str, list[str]] = {}
         self._extra_sizes: list[tuple[str, int]] = []  # (dataset, pairs) per unlabeled pool, set by setup("fit")
         self.test_after_fit = False  # setup("fit") also validates the test split (``--test_after_fit``)
+        self._validated: set[tuple[str, str, bool]] = set()  # (dataset, split, texts checked): passed validation
 
     @property
     def hp(self) -> Any:
@@ -303,12 +304,15 @@ class TextSegDataModule(LightningDataModule):
         if stage is None or (stage == "fit" and self.test_after_fit):
             needed = ("train", "val", "test")
         full = None if hp.check == "off" else hp.check == "full"
+        tokens = self._token_limit()
         large: list[str] = []
         for name, data in self.datas.items():
-            found = validate_dataset(
-                data, needed, full=full, max_foreground_share=hp.max_foreground_share, tokens=self._token_limit()
-            )
-            raise_problems(found.problems, f"the {name} dataset at {data.root} ({', '.join(needed)} splits)")
+            todo = [s for s in needed if (name, s, tokens is not None) not in self._validated]  # passed: not again
+            if not todo:
+                continue
+            found = validate_dataset(data, todo, full=full, max_foreground_share=hp.max_foreground_share, tokens=tokens)
+            raise_problems(found.problems, f"the {name} dataset at {data.root} ({', '.join(todo)} splits)")
+            self._validated.update((name, s, tokens is not None) for s in todo)
             large += found.mask_lines()
         if large:
             rank_zero_warn(
@@ -322,11 +326,8 @@ class TextSegDataModule(LightningDataModule):
         tokens = self._token_limit()
         if tokens is None:
             return
-        texts: dict[str, str] = {}
-        for key in keys:
-            for name, rec in zip(self.sources[key], self.splits[key], strict=True):
-                texts.setdefault(rec.text, f"{name or 'predict'} {key} record {rec.id!r} (image {rec.image})")
-        raise_problems(tokens.problems(texts), "the texts of " + " and ".join(keys))
+        found = [(n or "predict", k, r) for k in keys for n, r in zip(self.sources[k], self.splits[k], strict=True)]
+        raise_problems(tokens.problems(record_texts(found)), "the texts of " + " and ".join(keys))
 
     def _ids(self, key: str) -> list[str]:
         """Record ids of a split, unique ones in order; ``dataset:id`` for composite data.
