@@ -46,11 +46,13 @@ from lightning.pytorch.cli import LightningArgumentParser
 from torch import Tensor
 
 from textseg.cli.lightning import TextSegCLI
+from textseg.data.base import raise_problems, record_texts
 from textseg.data.datamodule import TextSegDataModule
 from textseg.engine import checkpointing
 from textseg.errors import DataError
 from textseg.methods import TextSegModule
 from textseg.ops.metrics import binarize_logits, segmentation_metrics
+from textseg.ops.text import TokenLimit
 from textseg.ops.text_aug import swap_left_right, swap_upper_lower
 
 __all__ = [
@@ -299,9 +301,10 @@ def run_probe(
     records = datamodule.splits.get("test", [])
     sources = datamodule.sources.get("test", [])
     own = [r.text for r in records]
-    check = getattr(getattr(model, "text_encoder", None), "check_lengths", None)
-    if check is not None:  # as the datamodule does under a trainer: refuse texts that would be truncated
-        check({t: f"test record {r.id!r} (image {r.image})" for r, t in zip(records, own, strict=True)})
+    tokens = TokenLimit.of(getattr(model, "text_encoder", None))
+    if tokens is not None:  # as the datamodule does under a trainer (here there is none): texts it would truncate
+        found = [(n or "predict", "test", r) for n, r in zip(sources, records, strict=True)]
+        raise_problems(tokens.problems(record_texts(found)), "the test texts")
     perm = derangement(len(records), seed)
     texts = variant_texts(own, perm)
     keys = [(str(s), str(r.id)) for s, r in zip(sources, records, strict=True)]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
-from textseg.data.io import DirIndex, empty_text_reason, is_unterminated, read_image, read_mask, read_size
+from textseg.data.io import DirIndex, empty_text_reason, is_unterminated, read_image_float, read_mask, read_size
 from textseg.data.splits import Rounding, check_ratio, select_labeled
 from textseg.errors import DataError
 
@@ -76,12 +76,11 @@ class DataProblems(DataError):
 
     Attributes:
         problems: Every problem, one line each (``textseg data check`` lists and counts these).
-        context: What was being read.
     """
 
-    def __init__(self, message: str, problems: Sequence[str], context: str) -> None:
+    def __init__(self, message: str, problems: Sequence[str]) -> None:
         super().__init__(message)
-        self.problems, self.context = list(problems), context
+        self.problems = list(problems)
 
 
 def raise_problems(problems: Sequence[str], context: str) -> None:
@@ -99,7 +98,7 @@ def raise_problems(problems: Sequence[str], context: str) -> None:
     shown = "\n".join(f"  - {p}" for p in problems[:MAX_PROBLEMS_SHOWN])
     more = f"\n  ... and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
     plural = "s" if len(problems) > 1 else ""
-    raise DataProblems(f"{len(problems)} problem{plural} in {context}:\n{shown}{more}", problems, context)
+    raise DataProblems(f"{len(problems)} problem{plural} in {context}:\n{shown}{more}", problems)
 
 
 def require_root(root: str | Path, dataset: str) -> Path:
@@ -403,9 +402,9 @@ class Findings:
     problems: list[str] = field(default_factory=list)
     large_masks: list[tuple[Path, float]] = field(default_factory=list)
 
-    def mask_lines(self, limit: int | None = None) -> list[str]:
-        """``"mask <file>: foreground 91.2 %"`` per large mask (the first ``limit``)."""
-        return [f"mask {path}: foreground {share:.1%}" for path, share in self.large_masks[:limit]]
+    def mask_lines(self) -> list[str]:
+        """``"mask <file>: foreground 91.2 %"`` per large mask."""
+        return [f"mask {path}: foreground {share:.1%}" for path, share in self.large_masks]
 
 
 def _check_record(rec: Record, split: str, full: bool, max_foreground: float, out: Findings) -> None:
@@ -422,7 +421,7 @@ def _check_record(rec: Record, split: str, full: bool, max_foreground: float, ou
         return
     try:
         if full:
-            image_hw = read_image(rec.image).shape
+            image_hw = read_image_float(rec.image).shape  # decoded as training decodes it
             mask = read_mask(rec.mask)
             mask_hw = mask.shape
             share = float(mask.mean()) if mask.size else 0.0

@@ -29,7 +29,6 @@ __all__ = [
     "empty_text_reason",
     "find_child",
     "find_subdir",
-    "grey_image",
     "grey_image_float",
     "is_unterminated",
     "read_image",
@@ -143,11 +142,6 @@ def grey_image_float(im: Image.Image, source: str | Path = "<image>") -> np.ndar
         out *= 1.0 / 255.0
         return out
     return (values.astype(np.float64) / top).astype(np.float32)
-
-
-def grey_image(im: Image.Image, source: str | Path = "<image>") -> np.ndarray:
-    """An in-memory PIL image as ``uint8 [H, W]`` grey, converted exactly as :func:`read_image` converts a file."""
-    return _to_uint8_grey(im, Path(source))
 
 
 def read_mask(path: Path) -> np.ndarray:

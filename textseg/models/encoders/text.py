@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ from transformers import BertConfig, BertModel, BertTokenizer
 from textseg.errors import DataError
 from textseg.models.encoders.vision import looks_like_path
 from textseg.models.types import TextFeatures
-from textseg.ops.text import TokenLimit
 from textseg.ops.transfer import to_device
 
 log = logging.getLogger(__name__)
@@ -349,26 +348,6 @@ class TextEncoder(nn.Module):
         device = self.device if on_device else torch.device("cpu")
         keys = ("input_ids", "token_type_ids", "attention_mask")
         return {k: to_device(v, device) for k, v in enc.items() if k in keys}  # pinned, non-blocking to a GPU
-
-    def check_lengths(self, texts: Mapping[str, str], max_named: int = 3) -> None:
-        """Fail before training if a dataset text would be truncated at ``max_length`` tokens.
-
-        Real QaTa-COV19 and MosMedData+ texts all fit in 24 tokens (``docs/data.md`` §8); a longer one is a data error,
-        not something to cut silently. (Texts built during training -- PosAug, T-PatchMix span mixing -- are
-        truncated as in the reference code.)
-
-        Args:
-            texts: Text -> where it comes from (file and record), for the message.
-            max_named: Texts named in the message at most.
-
-        Raises:
-            DataError: Naming the longest texts, their token counts (with [CLS]/[SEP]) and ``max_length``.
-        """
-        limit = TokenLimit.of(self)
-        problems = limit.problems(texts) if limit is not None else []  # the rule data check applies too
-        if problems:
-            more = f"; and {len(problems) - max_named} more" if len(problems) > max_named else ""
-            raise DataError(f"{len(problems)} text(s) would be truncated: {'; '.join(problems[:max_named])}{more}")
 
     def _encode(self, enc: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Run BERT (full precision, autocast off) on tokenised input; return ``(tokens, mask, pooled)``."""
