@@ -229,3 +229,11 @@ def test_write_error_picks_run_file_errors_only(tmp_path: Path) -> None:
     assert str(write_error(full, [])) == "cannot write /elsewhere/x: No space left on device"
     assert write_error(FileNotFoundError(errno.ENOENT, "No such file", "/data/x.png"), [tmp_path / "run"]) is None
     assert write_error(ValueError("x"), [tmp_path]) is None
+
+
+def test_special_checkpoint_values() -> None:
+    """The values Lightning resolves itself, told apart from files whose names start the same way."""
+    for value in ("best", "last", "hpc", "registry", "registry:me/model:v2", "REGISTRY:x"):
+        assert runfiles.is_special_ckpt(value), value
+    for value in ("last-v1.ckpt", "best.ckpt", "runs/x/checkpoints/last.ckpt", "hpc_ckpt_1.ckpt", "registry.ckpt"):
+        assert not runfiles.is_special_ckpt(value), value

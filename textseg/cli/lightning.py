@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from textseg.cli.preflight import check_run
 from textseg.data.datamodule import TextSegDataModule
-from textseg.engine import checkpointing, runfolder
+from textseg.engine import checkpointing, runfiles, runfolder
 from textseg.engine.predictions import MaskWriter
 from textseg.engine.progress import EpochSummary, step_light_bar, wants_epoch_lines
 from textseg.engine.quiet import ParamSummary
@@ -47,8 +47,6 @@ _DEFAULT_LOGGER = "textseg.engine.loggers.CSVLogger"
 #: Default of ``--weights_only`` in every Lightning subcommand: checkpoints are read with torch's restricted
 #: unpickler (tensors and plain containers only), never with full pickle.
 WEIGHTS_ONLY_DEFAULT = True
-#: ``--ckpt_path`` values that Lightning resolves itself (prefixes: ``registry:name``, ``hpc``...).
-_SPECIAL_CKPT = ("best", "last", "hpc", "registry")
 #: Description of ``textseg --help``.
 DESCRIPTION = (
     "textseg: semi-supervised, text-guided medical image segmentation. Lightning subcommands: fit, validate, test, "
@@ -136,7 +134,7 @@ class TextSegCLI(LightningCLI):
         """
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and str(path) not in _SPECIAL_CKPT and not str(path).startswith(_SPECIAL_CKPT):
+        if path and not runfiles.is_special_ckpt(path):
             model = self.config[subcommand]
             self._check_ckpt_file(Path(path), str(model.get("model.class_path") or ""), model.get("model.init_args"))
         super()._parse_ckpt_path()

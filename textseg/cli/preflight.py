@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from textseg.engine.runfiles import is_special_ckpt
 from textseg.errors import DataError
 
 __all__ = ["check_run", "find_layout", "hub_cached", "preflight"]
@@ -165,8 +166,7 @@ def preflight(config: Mapping[str, Any], subcommand: str) -> list[str]:
     problems += _encoder(init.get("text_encoder"), "text", BUILTIN_TEXT_SPECS, "--model.init_args.text_encoder")
     problems += _encoder(init.get("vision_encoder"), "vision", BUILTIN_VISION_SPECS, "--model.init_args.vision_encoder")
     ckpt = config.get("ckpt_path")
-    special = str(ckpt).split(":", 1)[0] in ("best", "last", "hpc", "registry")
-    if ckpt and not special and not str(ckpt).startswith(("http://", "https://", "s3://", "gs://")):
+    if ckpt and not is_special_ckpt(ckpt) and not str(ckpt).startswith(("http://", "https://", "s3://", "gs://")):
         if not Path(str(ckpt)).expanduser().is_file():
             problems.append(f"checkpoint {ckpt} not found (--ckpt_path): give a .ckpt file, or last / best")
     checkpoint = init.get("vision_checkpoint")

@@ -28,6 +28,7 @@ __all__ = [
     "RunFileError",
     "atomic_write",
     "earlier_run",
+    "is_special_ckpt",
     "write_error",
     "write_test_metrics",
 ]
@@ -168,3 +169,12 @@ def write_test_metrics(
 
         rank_zero_info(f"textseg: {path} replaced by this test's metrics (it held an earlier test's)")
     return path
+
+
+def is_special_ckpt(value: object) -> bool:
+    """Whether a ``--ckpt_path`` value is one Lightning resolves: ``best``, ``last``, ``hpc``, ``registry[:...]``.
+
+    Anything else is a file path (``last-v1.ckpt`` included).
+    """
+    text = str(value)
+    return text in ("best", "last", "hpc") or text.lower() == "registry" or text.lower().startswith("registry:")

@@ -44,6 +44,7 @@ from textseg.engine.runfiles import (
     _within,
     atomic_write,
     earlier_run,
+    is_special_ckpt,
     write_error,
 )
 from textseg.errors import DataError
@@ -363,6 +364,6 @@ def _resumes(ckpt_path: str | None, folder: Path) -> bool:
     """``fit --ckpt_path`` continues ``folder``'s run: a value Lightning resolves in it, or a file inside it."""
     if not ckpt_path:
         return False
-    if "/" not in ckpt_path and ckpt_path.split(":", 1)[0] in ("last", "best", "hpc", "registry"):
+    if is_special_ckpt(ckpt_path):
         return True
     return _within(ckpt_path, folder)
