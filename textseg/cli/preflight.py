@@ -11,7 +11,6 @@ dataset but a folder one level down does (``QaTa-COV19-v2/`` inside the given ro
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,10 @@ GENERATED: tuple[str, ...] = ("synthetic", "synthetic_ct")
 
 
 def _detector(dataset: str) -> Callable[[Path], Any] | None:
-    """The layout detector of a dataset reader (``None`` for a dataset without one)."""
-    if dataset == "qata":
-        from textseg.data.qata import QaTaCOV19
+    """The layout detector of a registered dataset reader (its static ``_detect``; ``None`` for one without)."""
+    from textseg.data.registry import DATASETS
 
-        return QaTaCOV19._detect  # a static method: looks at folder and file names only
-    if dataset == "mosmed":
-        from textseg.data.mosmed import MosMedDataPlus
-
-        return MosMedDataPlus._detect
-    return None
+    return getattr(DATASETS.get(dataset), "_detect", None)  # looks at folder and file names only
 
 
 def find_layout(dataset: str, root: Path) -> tuple[bool, Path | None, str]:
@@ -70,12 +63,6 @@ def hub_cached(repo_id: str) -> bool:
     return isinstance(found, str)
 
 
-def _offline() -> bool:
-    return any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
 def _encoder(spec: Any, kind: str, builtin: Sequence[str], option: str) -> list[str]:
     if not spec or spec in builtin:
         return []
@@ -88,7 +75,9 @@ def _encoder(spec: Any, kind: str, builtin: Sequence[str], option: str) -> list[
     if looks_like_path(spec) or local.exists():
         return [f"{kind} encoder folder {spec} does not exist ({option}); pass a folder holding config.json and the "
                 f"weights, a Hub id, or one of {', '.join(builtin)}"]  # fmt: skip
-    if _offline() and not hub_cached(spec):
+    from textseg.inference.loading import hub_offline
+
+    if hub_offline() and not hub_cached(spec):
         return [f"{kind} encoder {spec!r} is not in the Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE): "
                 f"run `huggingface-cli download {spec}` where there is internet and copy the cache "
                 f"(~/.cache/huggingface), or pass a local folder to {option}"]  # fmt: skip

@@ -50,8 +50,10 @@ _OFF_VALUES = ("", "0", "false", "no", "off")
 
 
 def hub_offline() -> bool:
-    """Whether the Hugging Face Hub must not be contacted (``HF_HUB_OFFLINE`` set to a true value)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in _OFF_VALUES
+    """Whether the Hugging Face Hub must not be contacted (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set)."""
+    return any(
+        os.environ.get(v, "").strip().lower() not in _OFF_VALUES for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def resolve_source(source: str | os.PathLike[str]) -> Path:
