@@ -364,13 +364,11 @@ def _execute(command: Sequence[str], in_process: bool) -> int:
     """Run one command; return its exit code."""
     args = _textseg_args(command)
     if in_process and args is not None:
-        from textseg.cli.runner import run_guarded
+        from textseg.cli.lightning import run_lightning_cli
+        from textseg.cli.runner import guarded_code
 
-        code = 0
         try:
-            run_guarded(args, ["textseg", *map(str, args)])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+            code = guarded_code(run_lightning_cli, args, ["textseg", *map(str, args)])
         except Exception as exc:  # one failed combination must not stop the grid
             print(f"    {type(exc).__name__}: {exc}", flush=True)
             code = 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer, seed_everything
@@ -184,7 +184,7 @@ class TextSegCLI(LightningCLI):
         )
         parser.add_argument(
             "--run_dir_exists",
-            type=Literal["error", "new_version", "overwrite"],
+            type=runfolder.RunDirExists,
             default="error",
             help="What fit does when the run folder already holds a run (and --ckpt_path does not resume it): "
             "error (default), new_version (write into the next free <run_dir>_vN) or overwrite (delete the earlier "

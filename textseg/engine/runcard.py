@@ -164,6 +164,9 @@ class RunCardCallback(Callback):
     def __init__(self, filename: str = "run_card.json", command: Sequence[str] | None = None) -> None:
         self.filename = filename
         self.command = list(command) if command is not None else None
+        self._card: dict[str, Any] | None = None  # the card written at fit start (rank 0), and where
+        self._path: Path | None = None
+        self._fit_start = 0.0
 
     def build_card(self, trainer: Trainer, pl_module: LightningModule, log_dir: str | None = None) -> dict[str, Any]:
         """Assemble the card (see the class docstring) for the run directory ``log_dir`` (``trainer.log_dir``)."""
@@ -218,6 +221,7 @@ class RunCardCallback(Callback):
             except (OSError, ValueError):
                 pass
         self._write(path, card)
+        self._card, self._path = card, path
 
     @staticmethod
     def _write(path: Path, card: dict[str, Any]) -> None:
@@ -229,14 +233,11 @@ class RunCardCallback(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Add the training time (``train_seconds``, this process's fit, resumed parts added up) to the card."""
-        run_dir = self._run_dir(trainer)
-        start = getattr(self, "_fit_start", None)
-        path = run_dir / self.filename
-        if not trainer.is_global_zero or start is None or not path.is_file():
+        if self._card is None or self._path is None:  # not rank 0, or no fit start
             return
-        card = json.loads(path.read_text(encoding="utf-8"))
-        card["train_seconds"] = round(float(card.get("train_seconds") or 0.0) + time.monotonic() - start, 1)
-        self._write(path, card)
+        card = self._card
+        card["train_seconds"] = round(float(card.get("train_seconds") or 0.0) + time.monotonic() - self._fit_start, 1)
+        self._write(self._path, card)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write ``model_card.md`` beside the run card once the run has test metrics (rank 0)."""

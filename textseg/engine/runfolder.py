@@ -50,7 +50,6 @@ from textseg.engine.runfiles import (
 from textseg.errors import DataError
 
 __all__ = [
-    "EXISTS_CHOICES",
     "FIT_RECORDS",
     "LOCK_FILE",
     "AtomicCheckpointIO",
@@ -69,7 +68,6 @@ LOCK_FILE = ".lock"
 #: Where ``--run_dir_exists overwrite`` keeps the earlier run until the new one starts training.
 ASIDE_DIR = ".overwritten"
 #: Choices of ``--run_dir_exists``: what ``fit`` does with a folder that holds an earlier run.
-EXISTS_CHOICES = ("error", "new_version", "overwrite")
 RunDirExists = Literal["error", "new_version", "overwrite"]
 
 
