@@ -194,11 +194,11 @@ def _tracing() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
 
 
-def _example(segmenter: Segmenter, batch: int = 2, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """A random z-scored image batch at the model's size and the tokenized :data:`EXAMPLE_TEXTS` (on the CPU)."""
+def _example(segmenter: Segmenter) -> tuple[Tensor, Tensor, Tensor]:
+    """Two random z-scored images at the model's size and two tokenized :data:`EXAMPLE_TEXTS` (on the CPU)."""
     size = int(segmenter.image_size)
-    image = torch.randn(batch, 1, size, size, generator=torch.Generator().manual_seed(seed))
-    texts = [EXAMPLE_TEXTS[i % len(EXAMPLE_TEXTS)] for i in range(batch)]
+    image = torch.randn(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    texts = [EXAMPLE_TEXTS[i % len(EXAMPLE_TEXTS)] for i in range(2)]
     enc = segmenter.module.text_encoder.tokenize(texts, on_device=False)
     return image, enc["input_ids"], enc["attention_mask"]
 
@@ -268,7 +268,7 @@ def export_onnx(
             dynamo=False,
         )
     meta = export_metadata(segmenter, "onnx", out, modality)
-    proto = onnx.load(str(out))
+    proto = onnx.load(str(out))  # torch's exporter writes paths only: the metadata goes in afterwards
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     onnx.checker.check_model(proto)

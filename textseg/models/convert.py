@@ -287,7 +287,7 @@ def from_reference(
     Raises:
         DataError: On an unmapped key, a missing key or a shape mismatch.
     """
-    converted = convert_reference(reference_state_dict(state_dict), backbone)
+    converted = convert_reference(state_dict, backbone)
     if target is not None:
         check_state_dict(converted.net, target, f"{backbone} reference checkpoint", TEXTSEG_ONLY[backbone])
     return converted.net
@@ -321,7 +321,6 @@ def to_reference(
     state_dict: Mapping[str, Tensor],
     backbone: str,
     text_state: Mapping[str, Tensor] | None = None,
-    buffers: bool = True,
 ) -> dict[str, Tensor]:
     """Convert a textseg core's state dict to the reference network's plain state dict.
 
@@ -329,8 +328,6 @@ def to_reference(
         state_dict: The core's state dict (``module.net``; a ``net.`` prefix is stripped).
         backbone: ``"guidedecoder"``, ``"mmiunet"`` or ``"textmoe"``.
         text_state: The frozen ``BertModel``'s state dict, written as CXR-BERT keys (``text_encoder.model.bert.``).
-        buffers: Add the reference's persistent PE tables and MMI-UNet's unused ``head`` (zeros), so that the result
-            loads with ``strict=True`` (apart from the text encoder when ``text_state`` is ``None``).
 
     Returns:
         The reference state dict, without the Lightning ``model.`` prefix.
@@ -354,8 +351,7 @@ def to_reference(
         ref[new] = tensor
     if unmapped:
         raise DataError(f"textseg {backbone} state dict: keys with no reference counterpart ({_named(unmapped)})")
-    if buffers:
-        _reference_buffers(ref, backbone)
+    _reference_buffers(ref, backbone)  # the reference's PE tables and MMI-UNet's unused head: a strict load
     for key, tensor in (text_state or {}).items():
         ref[f"{TEXT_PREFIX}bert.{key}"] = tensor
     return ref
