@@ -90,6 +90,18 @@ def test_fit_and_test_report_per_dataset_metrics(qata_root: Path, mosmed_root: P
     assert ((gates.sum(axis=1) - 1).abs() < 1e-5).all()
 
 
+def test_one_modality_run_logs_one_gate_set(qata_root: Path, tmp_path: Path) -> None:
+    """X-ray data only: the X-ray gate means are logged (finite), no all-NaN CT columns."""
+    torch.manual_seed(0)
+    dm = TextSegDataModule(
+        dataset="qata", root=str(qata_root), labeled_ratio=0.25, image_size=64, batch_size=2, unlabeled_batch_size=2
+    )
+    frame = logged(fit(TextMoEModule(**SMALL), dm, tmp_path))
+    assert not any(c.startswith("train_gate_ct") for c in frame.columns)
+    gates = frame[["train_gate_xray_e0", "train_gate_xray_e1"]].dropna()
+    assert len(gates) == 2 and ((gates.sum(axis=1) - 1).abs() < 1e-5).all()
+
+
 def test_first_step_copies_student_into_teacher(qata_root: Path, mosmed_root: Path, tmp_path: Path) -> None:
     module = TextMoEModule(**SMALL)
     assert module.teacher is not None

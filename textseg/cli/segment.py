@@ -72,11 +72,9 @@ def segment(args: argparse.Namespace) -> list[Path]:
     Raises:
         DataError: For a missing model or image, a text table without an image, a bad threshold or device.
     """
-    import numpy as np
-    from PIL import Image
-
     from textseg.data.io import read_image
     from textseg.engine.overlays import render_overlay
+    from textseg.engine.predictions import save_mask
     from textseg.errors import DataError
     from textseg.inference import Segmenter
     from textseg.inference.inputs import ImageLike
@@ -105,7 +103,7 @@ def segment(args: argparse.Namespace) -> list[Path]:
         masks = model.predict(chunk, chunk_texts, args.threshold)
         for path, text, mask in zip(images[start : start + args.batch_size], chunk_texts, masks, strict=True):
             mask_path = out / f"{path.stem}_mask.png"
-            Image.fromarray(mask.astype(np.uint8) * np.uint8(255), mode="L").save(mask_path)
+            save_mask(mask, mask_path)
             render_overlay(read_image(path), mask, text).save(out / f"{path.stem}_overlay.png")
             written.append(mask_path)
     print(f"textseg: wrote {len(written)} masks and overlays to {out}")

@@ -23,7 +23,7 @@ from textseg.data.io import read_image, read_size
 from textseg.engine.overlays import render_overlay
 from textseg.errors import DataError
 
-__all__ = ["MaskWriter", "resize_probs"]
+__all__ = ["MaskWriter", "resize_probs", "save_mask"]
 
 
 def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -40,6 +40,11 @@ def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     resized = F.interpolate(probs.float(), size=size, mode="bilinear", align_corners=False)
     return resized.clamp(0.0, 1.0)
+
+
+def save_mask(mask: np.ndarray, path: Path) -> None:
+    """Write a boolean mask ``[H, W]`` as an 8-bit PNG with values 0 and 255 (the predicted masks' format)."""
+    Image.fromarray(mask.astype(np.uint8) * np.uint8(255), mode="L").save(path)
 
 
 class MaskWriter(BasePredictionWriter):
@@ -158,7 +163,7 @@ class MaskWriter(BasePredictionWriter):
             prob_np = resize_probs(probs[i : i + 1], (height, width))[0, 0].numpy()
             mask = prob_np >= self.threshold
             mask_path = folders["masks"] / f"{sample_id}.png"
-            Image.fromarray(mask.astype(np.uint8) * np.uint8(255), mode="L").save(mask_path)
+            save_mask(mask, mask_path)
             written.append(mask_path)
             if self.write_probs:
                 grey = np.round(prob_np * 255.0).astype(np.uint8)

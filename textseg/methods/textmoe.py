@@ -173,6 +173,13 @@ class TextMoEModule(TeacherStudentModule):
         done = result.exchanged[exchangeable] if hp.exchange_mode != "legacy" else result.exchanged
         return result.image, done.float().mean()
 
+    def _data_modalities(self) -> list[int]:
+        """The modality codes of the run's datasets (known on the host), so a one-modality run logs one gate set."""
+        datas = getattr(getattr(self._trainer, "datamodule", None), "datas", None) if self._trainer else None
+        if not datas:
+            return list(range(len(MODALITY_NAMES)))
+        return sorted({int(data.modality) for data in datas.values()})
+
     def _log_step(
         self, terms: dict[str, Tensor], stats: dict[str, Tensor], out: Any, modality: Tensor, loss: Tensor, n: int
     ) -> None:
@@ -182,9 +189,10 @@ class TextMoEModule(TeacherStudentModule):
         logs["train_ema_momentum"] = self.momentum_now()
         with torch.no_grad():
             gates = out["gates"].float().mean(1)  # [B, E] averaged over the MoE layers
-            for code, name in enumerate(MODALITY_NAMES):
-                # masked means, NaN for a modality the batch lacks: decided on the device, no host read
+            for code in self._data_modalities():
+                # masked means (NaN for a modality this batch lacks): decided on the device, no host read
                 rows = (modality == code).to(gates.dtype)
+                name = MODALITY_NAMES[code]
                 means = (gates * rows[:, None]).sum(0) / rows.sum()
                 for e in range(gates.shape[1]):
                     logs[f"train_gate_{name}_e{e}"] = means[e]
