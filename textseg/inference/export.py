@@ -99,11 +99,8 @@ class ExportableSegmenter(nn.Module):
     @classmethod
     def from_segmenter(cls, segmenter: Segmenter, modality: int | None = None) -> ExportableSegmenter:
         """The exportable model of ``segmenter`` (sharing its modules), with its modality unless one is given."""
-        code = segmenter.modality if modality is None else int(modality)
-        if code not in (0, 1):
-            raise DataError(f"modality must be 0 (X-ray) or 1 (CT), got {modality!r}")
         module = segmenter.module
-        return cls(module.text_encoder, module.eval_net, code)
+        return cls(module.text_encoder, module.eval_net, segmenter.modality_code(modality))
 
     def forward(self, image: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Segmentation logits ``[B, 1, S, S]`` (``sigmoid`` gives the lesion probability; see the class docstring)."""
@@ -165,7 +162,7 @@ def export_metadata(
             "truncation": True,
             "do_lower_case": bool(getattr(encoder.tokenizer, "do_lower_case", True)),
         },
-        "modality": segmenter.modality if modality is None else int(modality),
+        "modality": segmenter.modality_code(modality),
     }
 
 
@@ -370,16 +367,9 @@ def max_abs_diff(
         The largest absolute difference of the logits.
     """
     texts = list(texts)
-    code = segmenter.modality if modality is None else int(modality)
     size = int(segmenter.image_size)
     image = torch.randn(len(texts), 1, size, size, generator=torch.Generator().manual_seed(seed))
-    batch = {
-        "image": image.to(segmenter.device),
-        "text": texts,
-        "modality": torch.full((len(texts),), code, dtype=torch.long, device=segmenter.device),
-    }
-    with torch.inference_mode():
-        eager = segmenter.module.forward_batch(batch, segmenter.module.eval_net)["logits"].float().cpu().numpy()
+    eager = segmenter.logits(image, texts, modality).float().cpu().numpy()
     enc = segmenter.module.text_encoder.tokenize(texts, on_device=False)
     exported = run_exported(path, image, enc["input_ids"], enc["attention_mask"])
     if exported.shape != eager.shape:

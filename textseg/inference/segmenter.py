@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from textseg.engine import checkpointing
 from textseg.engine.predictions import resize_probs
@@ -80,17 +81,48 @@ class Segmenter:
     Attributes:
         module: The TextSegModule.
         config: The configuration (what :meth:`save_pretrained` writes as ``config.json``).
-        image_size: The network's input side.
-        modality: Default modality code of the images (0 = X-ray, 1 = CT; TextMoE's gate reads it).
+        image_size: The network's input side (read from ``config``).
+        modality: Default modality code of the images (0 = X-ray, 1 = CT; TextMoE's gate reads it; from ``config``).
         device: The device.
     """
 
     def __init__(self, module: TextSegModule, config: dict[str, Any], device: str | torch.device | None = None):
         self.config = config
-        self.image_size = int(config["image_size"])
-        self.modality = int(config.get("modality", 0))
         self.device = _default_device(device)
         self.module = module.to(self.device).eval()
+
+    @property
+    def image_size(self) -> int:
+        """The network's input side (``config["image_size"]``)."""
+        return int(self.config["image_size"])
+
+    @property
+    def modality(self) -> int:
+        """The default modality code (``config["modality"]``; what :meth:`save_pretrained` writes)."""
+        return int(self.config.get("modality", 0))
+
+    def modality_code(self, modality: int | None = None) -> int:
+        """``modality``, or the default one; checked to be 0 (X-ray) or 1 (CT).
+
+        Raises:
+            DataError: For another code.
+        """
+        code = self.modality if modality is None else int(modality)
+        if code not in MODALITIES:
+            raise DataError(f"modality must be 0 (X-ray) or 1 (CT), got {modality!r}")
+        return code
+
+    def logits(self, inputs: Tensor, texts: list[str], modality: int | None = None) -> Tensor:
+        """The evaluation network's logits ``[B, 1, S, S]`` on prepared inputs ``[B, 1, S, S]`` and their texts."""
+        code = self.modality_code(modality)
+        batch = {
+            "image": inputs.to(self.device),
+            "text": texts,
+            "modality": torch.full((len(texts),), code, dtype=torch.long, device=self.device),
+        }
+        with torch.inference_mode():
+            out: Tensor = self.module.forward_batch(batch, self.module.eval_net)["logits"]
+        return out
 
     # ------------------------------------------------------------------------------------------------- loading
 
@@ -242,19 +274,10 @@ class Segmenter:
 
     def _probabilities(self, images: list[Any], texts: list[str], modality: int | None) -> list[np.ndarray]:
         """One forward pass over the batch; each image's probabilities at its own size."""
-        code = self.modality if modality is None else int(modality)
-        if code not in MODALITIES:
-            raise DataError(f"modality must be 0 (X-ray) or 1 (CT), got {modality!r}")
+        code = self.modality_code(modality)  # checked before the images are read
         inputs, sizes = batch_inputs(images, self.image_size)
-        batch = {
-            "image": inputs.to(self.device),
-            "text": texts,
-            "modality": torch.full((len(texts),), code, dtype=torch.long, device=self.device),
-        }
-        with torch.inference_mode():
-            logits = self.module.forward_batch(batch, self.module.eval_net)["logits"]
-            probs = torch.sigmoid(logits.float()).cpu()
-        return [resize_probs(probs[i : i + 1], size)[0, 0].numpy().astype(np.float32) for i, size in enumerate(sizes)]
+        probs = torch.sigmoid(self.logits(inputs, texts, code).float()).cpu()
+        return [resize_probs(probs[i : i + 1], size)[0, 0].numpy() for i, size in enumerate(sizes)]
 
     @overload
     def predict(
