@@ -205,7 +205,7 @@ def load_weights(model: TextSegModule, path: str | Path, weights_only: bool | No
         DataError: If the file is not a Lightning checkpoint, or was saved by another method or does not fit the
             network (:func:`~textseg.engine.checkpointing.check_fits`).
     """
-    ckpt = checkpointing.read_checkpoint(path, weights_only)
+    ckpt = checkpointing.read_checkpoint(path, weights_only, finite=False)  # check_fits refuses NaN/inf weights
     checkpointing.check_fits(ckpt, model, str(path))
     model.load_state_dict(ckpt["state_dict"])
     return ckpt

@@ -102,20 +102,24 @@ def saved_method(checkpoint: dict[str, Any]) -> str:
     return str(method or (checkpoint.get("hyper_parameters") or {}).get("_class_path", "")).rsplit(".", 1)[-1]
 
 
-def read_checkpoint(path: str | Path, weights_only: bool | None = True, mmap: bool = False) -> dict[str, Any]:
+def read_checkpoint(
+    path: str | Path, weights_only: bool | None = True, mmap: bool = False, finite: bool = True
+) -> dict[str, Any]:
     """Read a Lightning checkpoint file, or raise one clear :class:`~textseg.errors.DataError`.
 
     Args:
         path: The checkpoint file.
         weights_only: ``torch.load``'s ``weights_only`` (``True``: tensors and plain values only).
         mmap: Map the file instead of reading it (cheap when only the metadata is needed).
+        finite: Refuse NaN/inf weights here (``False`` for a caller that runs :func:`check_fits` next, which
+            checks them in its order: one scan of the weights, not two).
 
     Returns:
-        The checkpoint dict (with a ``state_dict`` of finite weights), on the CPU.
+        The checkpoint dict (with a ``state_dict`` of finite weights unless ``finite`` is off), on the CPU.
 
     Raises:
-        DataError: If the file is missing, cannot be unpickled, is not a Lightning checkpoint, or holds a NaN/inf
-            weight (:func:`refuse_nonfinite`).
+        DataError: If the file is missing, cannot be unpickled, is not a Lightning checkpoint, or (``finite``)
+            holds a NaN/inf weight (:func:`refuse_nonfinite`).
     """
     path = Path(path)
     if not path.is_file():
@@ -128,7 +132,8 @@ def read_checkpoint(path: str | Path, weights_only: bool | None = True, mmap: bo
         raise DataError(f"{path} could not be read as a checkpoint ({detail})") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise DataError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    refuse_nonfinite(ckpt, f"checkpoint {path}")
+    if finite:
+        refuse_nonfinite(ckpt, f"checkpoint {path}")
     return ckpt
 
 

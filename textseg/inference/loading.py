@@ -99,7 +99,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     Raises:
         DataError: If the file is not a loadable checkpoint or holds no ``state_dict``/``hyper_parameters``.
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, finite=False)  # check_fits below refuses NaN/inf weights
     if "hyper_parameters" not in checkpoint:
         raise DataError(f"checkpoint {path} has no hyper_parameters: not written by textseg fit")
     return checkpoint
